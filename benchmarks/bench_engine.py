@@ -1,0 +1,129 @@
+"""Speed and memory of the fusion engine: ms per output frame and peak memory.
+
+For each preset and HR frame size it times
+
+* ``reference``: one whole-frame fp32 forward at batch 1 (what the paper's code does), and
+* ``engine``: the tiled engine with the chosen precision, tile, overlap and batch,
+
+and, for mixed precision, the PSNR between its output and the fp32 output (the output must
+stay within 0.1 dB of fp32 quality; a PSNR far above 50 dB between them guarantees that).
+
+Run::
+
+    python benchmarks/bench_engine.py                      # CPU, default preset, small
+    python benchmarks/bench_engine.py --device cuda --presets paper default \
+        --sizes 400x1024 1024x1024 --precisions fp32 bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+
+from napari_xfusion.config import EngineConfig, ModelConfig
+from napari_xfusion.engine import Engine, resolve_device
+from napari_xfusion.metrics import psnr
+from napari_xfusion.models import build_model, count_parameters
+from napari_xfusion.synthetic import synthetic_lpbf
+
+
+def frame_inputs(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three LR frames and two HR keyframes of the synthetic scene at an HR size."""
+    truth = synthetic_lpbf(n_frames=5, height=height, width=width, seed=1)
+    lr = truth[[1, 2, 3]].reshape(3, height // 4, 4, width // 4, 4).mean(axis=(2, 4))
+    return lr.astype(np.float32), truth[[0, 4]]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def time_call(fn, device: torch.device, repeats: int) -> float:
+    """Median wall time of ``fn()`` in ms, after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def reference_forward(model, lr: np.ndarray, hr: np.ndarray, device: torch.device):
+    """Whole-frame fp32 batch-1 forward, as the reference implementation runs it."""
+    lr_t = torch.from_numpy(lr)[None, :, None].to(device)
+    hr_t = torch.from_numpy(hr)[None, :, None].to(device)
+
+    def run():
+        with torch.inference_mode():
+            return model(lr_t, hr_t)[0][0, 0].float().cpu().numpy()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--presets", nargs="+", default=["default"])
+    parser.add_argument("--sizes", nargs="+", default=["400x1024"], help="HR frame sizes HxW")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"])
+    parser.add_argument("--tile", type=int, default=None, help="LR tile size (default auto)")
+    parser.add_argument("--overlap", type=int, default=EngineConfig.overlap)
+    parser.add_argument("--batch", type=int, default=EngineConfig.batch)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-reference", action="store_true", help="skip the whole-frame forward")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"tile {args.tile}, overlap {args.overlap}, batch {args.batch}")
+    print(f"{'preset':8s} {'size':>10s} {'path':>16s} {'ms/frame':>10s} {'peak MB':>9s} {'PSNR vs fp32':>13s}")
+    for preset in args.presets:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.preset(preset)).to(device).eval()
+        params = count_parameters(model) / 1e6
+        for size in args.sizes:
+            height, width = (int(v) for v in size.lower().split("x"))
+            lr, hr = frame_inputs(height, width)
+            reference = None
+            if not args.no_reference:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                run = reference_forward(model, lr, hr, device)
+                ms = time_call(run, device, args.repeats)
+                reference = run()
+                print(f"{preset:8s} {size:>10s} {'reference fp32':>16s} {ms:10.1f} "
+                      f"{peak_memory_mb(device):9.0f} {'':>13s}  ({params:.2f} M params)")
+            for precision in args.precisions:
+                engine = Engine(model, EngineConfig(
+                    device=str(device), tile=args.tile, overlap=args.overlap,
+                    batch=args.batch, precision=precision,
+                ))
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                ms = time_call(lambda: engine.fuse_frame(lr, hr), device, args.repeats)
+                out, _ = engine.fuse_frame(lr, hr)
+                quality = ""
+                if reference is not None:
+                    quality = f"{psnr(out, np.clip(reference, 0, 1)):13.1f}"
+                print(f"{preset:8s} {size:>10s} {'engine ' + precision:>16s} {ms:10.1f} "
+                      f"{peak_memory_mb(device):9.0f} {quality}")
+                model = engine.model  # the engine may have moved it to channels-last
+
+
+if __name__ == "__main__":
+    main()

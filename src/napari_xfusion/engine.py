@@ -1,0 +1,261 @@
+"""The inference engine: runs a fusion network over a whole sequence, tile by tile.
+
+:class:`Engine` takes LR and HR stacks of any length and frame size (numpy or dask), reads
+each input frame once per pass, cuts every frame into overlapping tiles, runs the tiles in
+batches on the chosen device and blends them back with feathered seams. It yields one
+:class:`~napari_xfusion.fusion.FusedFrame` at a time, with the attention scores of the five
+inputs, so callers can stream results to disk or to a viewer and stop between frames.
+
+On a CUDA out-of-memory error it frees memory, halves the tile size and retries the frame,
+logging that it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .config import EngineConfig
+from .fusion import FrameCache, FusedFrame, ProgressCallback, output_times
+from .tiling import Tile, feather_weights, tile_grid
+from .timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+#: LR frame sizes must be multiples of this (two stride-2 pyramid levels).
+SIZE_MULTIPLE = 4
+#: Smallest tile the engine shrinks to after out-of-memory errors (LR pixels).
+MIN_TILE = 32
+#: With ``tile=None``, frames up to this many LR pixels run whole, larger ones in tiles of
+#: :data:`AUTO_TILE`: overlaps cost compute, and whole frames of this size fit in memory.
+AUTO_WHOLE_PIXELS = 256 * 256
+AUTO_TILE = 256
+
+
+def available_devices() -> list[str]:
+    """Devices that can run a network here: ``"cpu"`` and every CUDA GPU that works."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            try:
+                torch.zeros(1, device=f"cuda:{i}")
+            except RuntimeError:
+                continue
+            devices.append(f"cuda:{i}")
+    return devices
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for a device setting.
+
+    ``"auto"`` picks the first working CUDA GPU, else the CPU. An explicit device that does
+    not work raises a :class:`ValueError` listing the devices that do.
+    """
+    working = available_devices()
+    if name == "auto":
+        return torch.device(working[1] if len(working) > 1 else "cpu")
+    wanted = "cuda:0" if name == "cuda" else name
+    if wanted not in working:
+        raise ValueError(
+            f"device {name!r} is not available here; use one of {', '.join(working)} or 'auto'."
+        )
+    return torch.device(wanted)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device, or None for fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16 if precision == "auto" else _unsupported("bf16", device)
+    return torch.bfloat16
+
+
+def _unsupported(precision: str, device: torch.device):
+    raise ValueError(f"{precision} is not supported on {device}; use precision fp32 or fp16.")
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _pad_frames(frames: np.ndarray, pad_y: int, pad_x: int) -> np.ndarray:
+    """Pad ``(n, y, x)`` frames at the bottom/right by mirroring (edge copies if too small)."""
+    if not pad_y and not pad_x:
+        return frames
+    mode = "reflect" if pad_y < frames.shape[1] and pad_x < frames.shape[2] else "edge"
+    return np.pad(frames, ((0, 0), (0, pad_y), (0, pad_x)), mode=mode)
+
+
+class Engine:
+    """Runs a fusion network over sequences, tile by tile, on one device.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An ``EDVRSTF`` or ``EDVR`` network (or any module with the same ``forward(lr, hr)``
+        returning ``(frame, attention)``).
+    config : EngineConfig
+        Device, tile size, overlap, batch and precision.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: EngineConfig = EngineConfig()) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = autocast_dtype(self.device, config.precision)
+        channels_last = config.channels_last
+        if channels_last is None:
+            channels_last = self.device.type == "cuda"
+        memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format).eval()
+        self.scale = model.config.scale
+        self.uses_hr = model.config.arch == "stf"
+        self.tile = _round_up(config.tile, SIZE_MULTIPLE) if config.tile else config.tile
+        self.overlap = _round_up(config.overlap, SIZE_MULTIPLE)
+        #: Number of times the tile size was halved after running out of GPU memory.
+        self.oom_retries = 0
+
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _run_batch(self, lr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Forward ``(B, 3, t, t)`` LR and ``(B, 2, s*t, s*t)`` HR tiles; numpy outputs."""
+        lr_t = torch.from_numpy(lr).to(self.device, non_blocking=True).unsqueeze(2)
+        hr_t = torch.from_numpy(hr).to(self.device, non_blocking=True).unsqueeze(2)
+        with torch.inference_mode(), self._autocast():
+            out, attention = self.model(lr_t, hr_t if self.uses_hr else None)
+        return out[:, 0].float().cpu().numpy(), attention.float().cpu().numpy()
+
+    def fuse_frame(self, lr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fuse one output frame from its five inputs.
+
+        Parameters
+        ----------
+        lr : ndarray, shape (3, h, w)
+            LR frames ``t - r, t, t + r`` in [0, 1].
+        hr : ndarray, shape (2, s*h, s*w)
+            The bracketing HR keyframes in [0, 1].
+
+        Returns
+        -------
+        image : ndarray, shape (s*h, s*w), float32, clipped to [0, 1]
+        attention : ndarray, shape (T,)
+            Spatial mean of the raw temporal-attention maps of each input frame (T = 5 for
+            EDVR-STF, 3 for EDVR), averaged over tiles with their blend weights.
+        """
+        while True:
+            try:
+                return self._fuse_frame(lr, hr)
+            except torch.cuda.OutOfMemoryError:
+                self._shrink_tiles(lr.shape[1:])
+
+    def _tile_for(self, height: int, width: int) -> int:
+        """The tile size used for frames of ``height x width`` LR pixels (0 = whole)."""
+        if self.tile is None:
+            return 0 if height * width <= AUTO_WHOLE_PIXELS else AUTO_TILE
+        return self.tile
+
+    def _shrink_tiles(self, lr_size: tuple[int, int]) -> None:
+        current = self._tile_for(*lr_size) or _round_up(max(lr_size), SIZE_MULTIPLE)
+        smaller = _round_up(current // 2, SIZE_MULTIPLE)
+        torch.cuda.empty_cache()
+        if smaller < max(MIN_TILE, 2 * self.overlap + SIZE_MULTIPLE):
+            raise RuntimeError(
+                f"out of GPU memory even with {current}-pixel tiles: lower the batch size "
+                f"(now {self.config.batch}), use precision bf16/fp16, or run on the CPU."
+            )
+        self.tile = smaller
+        self.oom_retries += 1
+        log.warning("out of GPU memory: retrying the frame with %d-pixel LR tiles", smaller)
+
+    def _fuse_frame(self, lr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = self.scale
+        _, h, w = lr.shape
+        if hr.shape[1:] != (s * h, s * w):
+            raise ValueError(
+                f"HR frames of shape {hr.shape[1:]} do not match {s}x LR frames of shape "
+                f"{(h, w)}: the HR size must be exactly {s} times the LR size."
+            )
+        ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
+        lr = _pad_frames(np.ascontiguousarray(lr, dtype=np.float32), ph, pw)
+        hr = _pad_frames(np.ascontiguousarray(hr, dtype=np.float32), s * ph, s * pw)
+        H, W = lr.shape[1:]
+        tiles = tile_grid(H, W, self._tile_for(H, W), self.overlap)
+        acc = np.zeros((s * H, s * W), dtype=np.float32)
+        norm = np.zeros_like(acc)
+        attention_sum, attention_weight = 0.0, 0.0
+        for first in range(0, len(tiles), self.config.batch):
+            batch = tiles[first : first + self.config.batch]
+            out, attention = self._run_batch(
+                np.stack([lr[:, t.y0 : t.y1, t.x0 : t.x1] for t in batch]),
+                np.stack([hr[:, s * t.y0 : s * t.y1, s * t.x0 : s * t.x1] for t in batch]),
+            )
+            for tile, frame, scores in zip(batch, out, attention):
+                weight = feather_weights(tile, H, W, self.overlap, s)
+                region = _hr_region(tile, s)
+                acc[region] += frame * weight
+                norm[region] += weight
+                # Scores are spatial means per tile; weigh them like the pixels they cover.
+                attention_sum = attention_sum + scores * float(weight.sum())
+                attention_weight += float(weight.sum())
+        image = np.clip(acc / norm, 0.0, 1.0)[: s * h, : s * w]
+        return image, np.asarray(attention_sum / attention_weight, dtype=np.float32)
+
+    def run(
+        self,
+        lr,
+        hr,
+        timeline: Timeline,
+        frames: Iterable[int] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[FusedFrame]:
+        """Fuse a sequence frame by frame.
+
+        Parameters
+        ----------
+        lr : array-like, shape (N, h, w)
+            LR stack in [0, 1] (numpy or dask: frames are read on demand, once per pass).
+        hr : array-like, shape (M, s*h, s*w)
+            HR keyframes in [0, 1].
+        timeline : Timeline
+            Which inputs feed each output.
+        frames : iterable of int, optional
+            Output LR times (default: all).
+        progress : callable, optional
+            ``progress(done, total)`` after each frame.
+
+        Yields
+        ------
+        FusedFrame
+            With ``attention`` set to the raw scores of the inputs.
+        """
+        times = output_times(timeline, frames)
+        lr_cache = FrameCache(lr, capacity=2 * timeline.model.separation + 2)
+        hr_cache = FrameCache(hr, capacity=3)
+        for done, t in enumerate(times, start=1):
+            inputs = timeline.inputs(t)
+            image, attention = self.fuse_frame(lr_cache.take(inputs.lr), hr_cache.take(inputs.hr))
+            yield FusedFrame(
+                t=t,
+                image=image,
+                is_keyframe=inputs.is_keyframe,
+                attention=attention,
+                hr_times=inputs.hr_times,
+            )
+            if progress is not None:
+                progress(done, len(times))
+
+
+def _hr_region(tile: Tile, scale: int) -> tuple[slice, slice]:
+    return (
+        slice(scale * tile.y0, scale * tile.y1),
+        slice(scale * tile.x0, scale * tile.x1),
+    )

@@ -1,0 +1,227 @@
+"""The common face of every fusion method, and the registry that finds them by name.
+
+A method turns an LR stack ``(N, h, w)`` and an HR keyframe stack ``(M, H, W)`` (float32 in
+[0, 1], numpy or dask) into fused HR frames, one at a time, as :class:`FusedFrame` objects,
+so that callers can stream them to a writer or a GUI and stop between frames.
+
+Methods register themselves with :func:`register`; :func:`create_method` builds one from its
+name, which is how the CLI, the widget and the API dispatch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .timeline import FrameInputs, Timeline
+
+#: Signature of a progress callback: ``progress(done, total)``.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class FusedFrame:
+    """One fused output frame.
+
+    Attributes
+    ----------
+    t : int
+        LR time (frame index) of the output.
+    image : ndarray
+        The fused HR frame, float32 ``(H, W)`` in the normalized [0, 1] units.
+    is_keyframe : bool
+        Whether an HR frame was given at ``t`` (metrics report unseen frames separately).
+    attention : ndarray or None
+        Raw attention scores of the five inputs ``[LR t-r, LR t, LR t+r, HR k0, HR k1]``
+        for the neural methods, None for the others.
+    hr_times : tuple of int
+        LR times of the two HR keyframes used.
+    """
+
+    t: int
+    image: np.ndarray
+    is_keyframe: bool
+    attention: np.ndarray | None = None
+    hr_times: tuple[int, int] = (0, 0)
+
+
+class FrameCache:
+    """Reads frames of a stack on demand and keeps the last few in memory.
+
+    Consecutive outputs share most of their inputs, so a small cache means every input
+    frame is read from storage once per pass.
+
+    Parameters
+    ----------
+    stack : array-like, shape (n, y, x)
+        numpy array, dask array, or anything indexable by frame that ``np.asarray`` accepts.
+    capacity : int
+        Number of frames kept.
+    """
+
+    def __init__(self, stack, capacity: int = 8) -> None:
+        self.stack = stack
+        self.capacity = max(int(capacity), 1)
+        self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.reads = 0
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        frame = self._frames.get(i)
+        if frame is None:
+            frame = np.asarray(self.stack[i], dtype=np.float32)
+            self.reads += 1
+            self._frames[i] = frame
+            if len(self._frames) > self.capacity:
+                self._frames.popitem(last=False)
+        else:
+            self._frames.move_to_end(i)
+        return frame
+
+    def take(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at ``indices`` stacked into ``(len(indices), y, x)``."""
+        return np.stack([self[i] for i in indices])
+
+
+class MappedFrames:
+    """A frame-indexable view of a stack through a per-frame function, read on demand.
+
+    ``MappedFrames(stack, f)[i]`` is ``f(np.asarray(stack[i]))``; nothing is computed
+    until a frame is asked for, so long stacks are never held in memory.
+    """
+
+    def __init__(self, stack, func: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.stack = stack
+        self.func = func
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.func(np.asarray(self.stack[i]))
+
+
+def output_times(timeline: Timeline, frames: Iterable[int] | None) -> list[int]:
+    """The LR times to fuse: all of them, or the given ones (validated, in the given order)."""
+    if frames is None:
+        return list(range(timeline.n_lr))
+    times = [int(t) for t in frames]
+    bad = [t for t in times if not 0 <= t < timeline.n_lr]
+    if bad:
+        raise ValueError(
+            f"requested output frames {bad[:5]} are outside the LR sequence 0..{timeline.n_lr - 1}."
+        )
+    return times
+
+
+class FusionMethod(ABC):
+    """Base class of all fusion methods.
+
+    Subclasses set ``name`` (the registry key) and ``label`` (for menus) and implement
+    :meth:`fuse`.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    #: True for the learned methods, which need weights.
+    learned: ClassVar[bool] = False
+
+    @abstractmethod
+    def fuse(
+        self,
+        lr,
+        hr,
+        timeline: Timeline,
+        frames: Iterable[int] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[FusedFrame]:
+        """Fuse the frames at ``frames`` (default: every LR time), yielding them in order.
+
+        Parameters
+        ----------
+        lr : array-like, shape (N, h, w)
+            LR stack, float32 in [0, 1].
+        hr : array-like, shape (M, H, W)
+            HR keyframes, float32 in [0, 1], ``H = scale * h``.
+        timeline : Timeline
+            The time model for these stacks.
+        frames : iterable of int, optional
+            Output LR times.
+        progress : callable, optional
+            Called as ``progress(done, total)`` after each frame.
+        """
+
+
+class PerFrameMethod(FusionMethod):
+    """A method that fuses each output frame from its five input frames alone."""
+
+    @abstractmethod
+    def fuse_frame(self, lr: np.ndarray, hr: np.ndarray, inputs: FrameInputs) -> np.ndarray:
+        """Fuse one frame.
+
+        Parameters
+        ----------
+        lr : ndarray, shape (3, h, w)
+            LR frames at ``inputs.lr``.
+        hr : ndarray, shape (2, H, W)
+            HR keyframes at ``inputs.hr``.
+        inputs : FrameInputs
+            Which frames these are and when they were taken.
+
+        Returns
+        -------
+        ndarray, shape (H, W), float32
+        """
+
+    def fuse(self, lr, hr, timeline, frames=None, progress=None):
+        times = output_times(timeline, frames)
+        r = timeline.model.separation
+        lr_cache = FrameCache(lr, capacity=2 * r + 2)
+        hr_cache = FrameCache(hr, capacity=3)
+        for done, t in enumerate(times, start=1):
+            inputs = timeline.inputs(t)
+            image = self.fuse_frame(lr_cache.take(inputs.lr), hr_cache.take(inputs.hr), inputs)
+            yield FusedFrame(
+                t=t,
+                image=np.asarray(image, dtype=np.float32),
+                is_keyframe=inputs.is_keyframe,
+                hr_times=inputs.hr_times,
+            )
+            if progress is not None:
+                progress(done, len(times))
+
+
+_REGISTRY: dict[str, type[FusionMethod]] = {}
+
+
+def register(cls: type[FusionMethod]) -> type[FusionMethod]:
+    """Class decorator adding a fusion method to the registry under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    """Names of the registered fusion methods."""
+    _load_builtin_methods()
+    return list(_REGISTRY)
+
+
+def create_method(name: str, **options) -> FusionMethod:
+    """Build the fusion method registered as ``name`` with its keyword options."""
+    _load_builtin_methods()
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown fusion method {name!r}; choose one of {', '.join(sorted(_REGISTRY))}."
+        ) from None
+    return cls(**options)
+
+
+def _load_builtin_methods() -> None:
+    # Importing the modules runs their @register decorators; done lazily so that importing
+    # this module stays cheap and free of cycles.
+    from . import baselines, neural  # noqa: F401

@@ -1,0 +1,918 @@
+"""Reading image stacks lazily and writing them frame by frame.
+
+:func:`read_stack` opens a multi-page TIFF, a folder of single-frame TIFFs, a zarr array or
+an in-memory array as a dask array ``(frames, y, x)`` with one chunk per frame, so that a
+10,000-frame recording is only read where it is used. Float stacks are checked for NaN and
+infinite values frame by frame, as each frame is read.
+
+:func:`open_writer` streams frames into a temporary sibling of the output named
+``<stem>.incomplete<suffix>`` (``result.tif`` -> ``result.incomplete.tif``) and renames it
+onto the output only once every frame is written, so a file under the output name is
+always complete. An interrupted write keeps the frames written so far in the
+``.incomplete`` file, whose metadata says ``"complete": false`` and how many frames it holds.
+
+dask and zarr are imported inside the functions that need them: the rest of the library
+runs without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+import tifffile
+
+if TYPE_CHECKING:
+    import dask.array
+
+#: Suffixes of the TIFF files read from a folder of frames and accepted for output.
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+#: Metadata keys the writers set themselves.
+RESERVED_METADATA_KEYS = ("shape", "complete", "frames_written")
+
+# Photometric interpretations whose pixel values are not grey levels.
+_COLOUR_PHOTOMETRICS = {
+    tifffile.PHOTOMETRIC.RGB,
+    tifffile.PHOTOMETRIC.YCBCR,
+    tifffile.PHOTOMETRIC.SEPARATED,
+    tifffile.PHOTOMETRIC.PALETTE,
+}
+
+_STACK_SOURCES = "load a multi-page TIFF, a folder of TIFF frames or an array (frames, y, x)"
+
+
+class StackError(ValueError):
+    """A stack cannot be read or written; the message says why and what to do."""
+
+
+def is_dask_array(x: Any) -> bool:
+    """Whether ``x`` is a dask array, without importing dask.
+
+    Parameters
+    ----------
+    x : object
+
+    Returns
+    -------
+    bool
+    """
+    # If dask.array was never imported, nothing can be a dask array.
+    da = sys.modules.get("dask.array")
+    return da is not None and isinstance(x, da.Array)
+
+
+def check_finite(frame: np.ndarray, name: str = "stack", index: int | None = None) -> np.ndarray:
+    """Raise unless every value of a float frame is finite.
+
+    Parameters
+    ----------
+    frame : ndarray
+        One frame (or any array); integer arrays pass unchecked.
+    name : str
+        Name of the stack in the message, e.g. ``"LR stack"``.
+    index : int, optional
+        Frame index in the stack, for the message.
+
+    Returns
+    -------
+    ndarray
+        ``frame``, unchanged.
+
+    Raises
+    ------
+    StackError
+        When the frame holds NaN or infinite values.
+    """
+    if np.issubdtype(frame.dtype, np.floating) and not np.isfinite(frame).all():
+        where = f"{name} frame {index}" if index is not None else name
+        raise StackError(
+            f"{where} contains NaN or infinite values: replace them (e.g. with "
+            "numpy.nan_to_num) or remove the frame before fusing."
+        )
+    return frame
+
+
+def read_stack(source: Any, name: str = "stack") -> dask.array.Array:
+    """Open a stack of frames lazily, as a dask array with one chunk per frame.
+
+    Parameters
+    ----------
+    source : str, Path or array_like
+        A multi-page TIFF (BigTIFF, ImageJ hyperstacks and compressed pages included), a
+        folder of single-frame TIFFs (read in natural order: ``frame2`` before
+        ``frame10``), a ``.zarr`` array, or an array ``(frames, y, x)`` (numpy, dask, or
+        anything with ``shape``, ``dtype`` and slicing). Singleton axes besides ``y, x``
+        are dropped, so ``(frames, 1, y, x)`` is accepted.
+    name : str
+        What the stack is, for error messages (e.g. ``"LR stack"``).
+
+    Returns
+    -------
+    dask.array.Array
+        Shape ``(frames, y, x)``, chunks of one frame, in the source's dtype. Computing a
+        frame of a float stack that holds NaN or infinite values raises :class:`StackError`
+        naming the frame.
+
+    Raises
+    ------
+    StackError
+        When the source is missing, not a readable TIFF, not a stack of grey-level
+        frames, or of an unsupported dtype.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = _open_path(Path(source).expanduser(), name)
+    elif not is_dask_array(source) and not (hasattr(source, "shape") and hasattr(source, "dtype")):
+        source = np.asarray(source)
+    return _as_frames(source, name)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata a stack file written by :func:`open_writer` carries.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.tif``/``.tiff`` or ``.zarr`` stack.
+
+    Returns
+    -------
+    dict
+        The metadata given to the writer, plus ``complete`` and ``frames_written`` (and
+        ``shape`` for TIFFs); empty for TIFFs written by other programs.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".zarr":
+        return dict(_open_zarr_array(path, "stack").attrs)
+    with tifffile.TiffFile(path) as tif:
+        shaped = tif.shaped_metadata
+    return dict(shaped[0]) if shaped else {}
+
+
+def _stack_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    """``(frames, y, x)`` of a source shape, or a StackError saying why it is not a stack."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 2:
+        raise StackError(
+            f"{name} is a single 2-D image of shape {shape}; a stack of frames (t, y, x) is "
+            f"needed: load a multi-page TIFF or a folder of frames."
+        )
+    if len(shape) < 2:
+        raise StackError(f"{name} has shape {shape}; a stack of frames (t, y, x) is needed.")
+    extra = [d for d in shape[:-2] if d != 1]
+    if len(extra) > 1 and shape[-1] in (3, 4):
+        raise StackError(
+            f"{name} has shape {shape}, which looks like colour (RGB/RGBA) frames: convert "
+            "it to grayscale (one value per pixel) first."
+        )
+    if len(extra) > 1:
+        raise StackError(
+            f"{name} has shape {shape}: more than one axis besides y and x (e.g. time and "
+            "z or channel); a stack of frames (t, y, x) is needed: save one series per "
+            "file (pick one channel or z-slice)."
+        )
+    n, y, x = int(np.prod(shape[:-2])), shape[-2], shape[-1]
+    if n == 0 or y == 0 or x == 0:
+        raise StackError(f"{name} has shape {shape} and holds no pixels: {_STACK_SOURCES}.")
+    return n, y, x
+
+
+def _check_dtype(dtype: np.dtype, name: str) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        raise StackError(
+            f"{name} is boolean (a mask?): convert it to uint8 or float32 grey levels first."
+        )
+    if dtype.kind == "c":
+        raise StackError(
+            f"{name} is complex ({dtype}): convert it to real grey levels first, e.g. its "
+            "magnitude with numpy.abs."
+        )
+    if dtype.kind not in "iuf":
+        raise StackError(
+            f"{name} has unsupported data type {dtype}: integer or floating-point grey "
+            "levels are needed."
+        )
+
+
+def _as_frames(source: Any, name: str) -> dask.array.Array:
+    """Validate an array-like and make it ``(frames, y, x)`` with one chunk per frame."""
+    import dask.array as da
+
+    n, y, x = _stack_shape(source.shape, name)
+    _check_dtype(source.dtype, name)
+    dtype = np.dtype(source.dtype)
+    if is_dask_array(source):
+        stack = source
+    else:
+        # name=False: hashing a large in-memory array to name it would cost a full pass.
+        chunks = (1,) * (len(source.shape) - 2) + (y, x)
+        meta = np.empty((0,) * len(source.shape), dtype)
+        stack = da.from_array(source, chunks=chunks, name=False, meta=meta)
+    stack = stack.reshape(n, y, x).rechunk((1, y, x))
+    if not dtype.isnative:
+        stack = stack.astype(dtype.newbyteorder("="))
+    if dtype.kind == "f":
+        stack = stack.map_blocks(
+            partial(_check_finite_block, name=name),
+            dtype=stack.dtype,
+            meta=np.empty((0, 0, 0), stack.dtype),
+        )
+    return stack
+
+
+def _check_finite_block(block: np.ndarray, name: str, block_info: dict | None = None) -> np.ndarray:
+    # Each block is one frame (read_stack chunks that way); its location is the frame index.
+    index = block_info[0]["array-location"][0][0]
+    check_finite(block, name, index)
+    return block
+
+
+def _open_path(path: Path, name: str) -> Any:
+    """An array-like view of a file or folder, reading nothing but headers."""
+    if not path.exists():
+        raise StackError(f"{name}: {path} does not exist; check the path.")
+    if path.is_dir():
+        if path.suffix.lower() == ".zarr" or _is_zarr_store(path):
+            return _open_zarr_array(path, name)
+        return _TiffFolder(path, name)
+    return _open_tiff(path, name)
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return any((path / f).exists() for f in (".zarray", "zarr.json", ".zgroup"))
+
+
+def _open_zarr_array(path: Path, name: str) -> Any:
+    try:
+        import zarr
+    except ImportError:
+        raise StackError(
+            f"{name}: reading {path} needs the optional zarr package: install it with "
+            "`pip install zarr`, or convert the stack to TIFF."
+        ) from None
+    try:
+        return zarr.open_array(store=str(path), mode="r")
+    except Exception as err:
+        raise StackError(
+            f"{name}: {path} is not a readable zarr array ({err}); point to the array "
+            "itself (not a group) or re-export it."
+        ) from err
+
+
+@dataclass(frozen=True)
+class _TiffInfo:
+    """What a TIFF's first series holds, read from its headers."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pages: int
+    dataoffset: int | None
+    byteorder: str
+
+
+def _inspect_tiff(path: Path, name: str) -> _TiffInfo:
+    """The first series of a TIFF, checked for colour and truncation."""
+    if path.stat().st_size == 0:
+        raise StackError(f"{name}: {path} is empty (0 bytes); re-export or re-copy the file.")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            photometric = series.keyframe.photometric
+            colour = _is_colour(tif, series)
+            promised = _promised_size(tif)
+            info = _TiffInfo(
+                tuple(series.shape), series.dtype, len(series), series.dataoffset, tif.byteorder
+            )
+    except Exception as err:
+        raise StackError(
+            f"{name}: {path} is not a readable TIFF file ({err}); it may be truncated or "
+            f"corrupt: re-export it, or {_STACK_SOURCES}."
+        ) from err
+    if colour:
+        raise StackError(
+            f"{name}: {path} holds colour images ({photometric.name}, shape {info.shape}); "
+            "convert the stack to grayscale (one value per pixel) first."
+        )
+    if promised is not None and np.prod(info.shape) < promised:
+        raise StackError(
+            f"{name}: {path} is a truncated TIFF file: its metadata promises {promised} "
+            f"pixels but only {np.prod(info.shape)} can be found; re-copy or re-export it."
+        )
+    return info
+
+
+def _is_colour(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> bool:
+    """Whether a TIFF holds colour images rather than grey-level frames."""
+    if "S" not in series.axes and series.keyframe.photometric not in _COLOUR_PHOTOMETRICS:
+        return False
+    # tifffile itself stores a plain 3- or 4-frame array as one planar RGB(A) image; its
+    # shape record then matches the samples-first series, so those are frames after all.
+    written_from_frames = (
+        series.axes == "SYX"
+        and tif.is_shaped
+        and tuple(tif.shaped_metadata[0].get("shape", ())) == tuple(series.shape)
+    )
+    return not written_from_frames
+
+
+def _promised_size(tif: tifffile.TiffFile) -> int | None:
+    """Pixels that tifffile- and ImageJ-written files say they hold (a truncation check)."""
+    if tif.is_shaped and tif.shaped_metadata and "shape" in tif.shaped_metadata[0]:
+        return int(np.prod(tif.shaped_metadata[0]["shape"]))
+    if tif.is_imagej and tif.imagej_metadata and "images" in tif.imagej_metadata:
+        return int(tif.imagej_metadata["images"]) * int(np.prod(tif.pages.first.shape))
+    return None
+
+
+def _open_tiff(path: Path, name: str) -> Any:
+    info = _inspect_tiff(path, name)
+    n, y, x = _stack_shape(info.shape, name)
+    if info.dataoffset is None:
+        if info.pages != n:
+            raise StackError(
+                f"{name}: {path} stores its {n} frames in {info.pages} page(s), which is not "
+                "supported: re-save it with one frame per page (with tifffile: "
+                "photometric='minisblack')."
+            )
+        return _TiffPages(path, name, (n, y, x), info.dtype)
+    # Uncompressed pixels stored in one run: map them, the fastest way to read frames.
+    dtype = np.dtype(info.dtype).newbyteorder(info.byteorder)
+    if info.dataoffset + n * y * x * dtype.itemsize > path.stat().st_size:
+        raise StackError(
+            f"{name}: {path} is a truncated TIFF file: it ends before its {n} frames of "
+            f"{y}x{x} pixels; re-copy or re-export it."
+        )
+    return np.memmap(path, dtype=dtype, mode="r", offset=info.dataoffset, shape=(n, y, x))
+
+
+class _FrameReader(ABC):
+    """Frames of a file stack, read on demand; dask reads it like an array.
+
+    Subclasses set ``path``, ``name``, ``shape`` and ``dtype`` and implement ``_frame``.
+    """
+
+    path: Path
+    name: str
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    ndim = 3
+
+    @abstractmethod
+    def _frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` as a ``(y, x)`` array."""
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        # The first index picks frames (an int, slice or list after dask's slice fusion);
+        # only those frames are read, then the rest of the key applies to them.
+        key = key if isinstance(key, tuple) else (key,)
+        picked = np.arange(len(self))[key[0]]
+        if picked.ndim == 0:
+            return self._read(int(picked))[key[1:]]
+        frames = [self._read(int(i)) for i in picked]
+        data = np.stack(frames) if frames else np.empty((0, *self.shape[1:]), self.dtype)
+        return data[(slice(None), *key[1:])]
+
+    def _read(self, index: int) -> np.ndarray:
+        try:
+            return self._frame(index)
+        except StackError:
+            raise
+        except Exception as err:
+            raise StackError(
+                f"{self.name} frame {index} could not be read from {self.path} ({err}); the "
+                "file may be truncated or corrupt: re-copy or re-export it."
+            ) from err
+
+
+class _TiffPages(_FrameReader):
+    """A multi-page TIFF read one page at a time through one shared file handle.
+
+    The handle is opened on the first read (in each process, when the dask graph is
+    shipped to workers) and shared by dask's threads under the handle's lock.
+    """
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, int, int], dtype: np.dtype):
+        self.path, self.name, self.shape, self.dtype = path, name, shape, np.dtype(dtype)
+        self._series: tifffile.TiffPageSeries | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "name": self.name, "shape": self.shape, "dtype": self.dtype}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def _open(self) -> tifffile.TiffPageSeries:
+        with self._lock:
+            if self._series is None:
+                tif = tifffile.TiffFile(self.path)
+                tif.filehandle.set_lock(True)
+                weakref.finalize(self, tif.close)
+                self._series = tif.series[0]
+        return self._series
+
+    def _frame(self, index: int) -> np.ndarray:
+        series = self._open()
+        # Looking a page up may read its IFD from the file; page.asarray takes the same lock
+        # for its reads only, so pages decode in parallel.
+        with series.parent.filehandle.lock:
+            page = series[index]
+        return page.asarray().reshape(self.shape[1:])
+
+
+class _TiffFolder(_FrameReader):
+    """A folder of single-frame TIFFs, one file per frame in natural sort order."""
+
+    def __init__(self, path: Path, name: str):
+        files = sorted(
+            (
+                f
+                for f in path.iterdir()
+                # Names starting with "." are hidden files, e.g. macOS "._frame1.tif".
+                if f.suffix.lower() in TIFF_SUFFIXES and not f.name.startswith(".") and f.is_file()
+            ),
+            key=_natural_key,
+        )
+        if not files:
+            raise StackError(
+                f"{name}: the folder {path} contains no .tif/.tiff files; choose the folder "
+                "that holds the frames, or load a multi-page TIFF."
+            )
+        self.path, self.name, self.files = path, name, files
+        first = _inspect_tiff(files[0], name)
+        if len(first.shape) != 2:
+            raise StackError(
+                f"{name}: {files[0]} in the frame folder holds {first.shape} pixels, not one "
+                "2-D frame; save one frame per file, or load that file as the stack."
+            )
+        self.shape, self.dtype = (len(files), *first.shape), np.dtype(first.dtype)
+        # The first and last frames catch most mixed folders without opening every file;
+        # the others are checked as they are read.
+        last = _inspect_tiff(files[-1], name)
+        self._check_matches(files[-1], last.shape, last.dtype)
+
+    def _check_matches(self, file: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if tuple(shape) != self.shape[1:] or dtype != self.dtype:
+            y, x = self.shape[1:]
+            raise StackError(
+                f"{self.name}: frame file {file.name} has shape {tuple(shape)} and dtype "
+                f"{dtype} but {self.files[0].name} has ({y}, {x}) and {self.dtype}; all "
+                f"frames in {self.path} must match: remove or convert {file.name}."
+            )
+
+    def _frame(self, index: int) -> np.ndarray:
+        file = self.files[index]
+        frame = tifffile.imread(file)
+        self._check_matches(file, frame.shape, frame.dtype)
+        return frame
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key putting ``frame2`` before ``frame10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def incomplete_path(path: str | Path) -> Path:
+    """Where a stack bound for ``path`` is written until it is complete.
+
+    ``result.tif`` -> ``result.incomplete.tif``; ``result.zarr`` -> ``result.incomplete.zarr``.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.incomplete{path.suffix}")
+
+
+def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
+    """Check that a stack can be written to ``path``; call it before any work starts.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``/``.tiff`` (written as BigTIFF) or ``.zarr`` (needs the optional zarr).
+    overwrite : bool
+        Allow replacing an existing output.
+
+    Returns
+    -------
+    Path
+        ``path`` as a Path, with ``~`` expanded.
+
+    Raises
+    ------
+    StackError
+        When the suffix is unsupported, the output exists (and ``overwrite`` is False), or
+        the folder is missing or cannot be written.
+    """
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in (*TIFF_SUFFIXES, ".zarr"):
+        raise StackError(
+            f"cannot write {path}: unsupported output type {suffix or '(no suffix)'!r}; name "
+            "the output .tif/.tiff (BigTIFF) or .zarr."
+        )
+    if suffix == ".zarr":
+        try:
+            import zarr  # noqa: F401
+        except ImportError:
+            raise StackError(
+                f"writing {path} needs the optional zarr package: install it with "
+                "`pip install zarr`, or write a .tif instead."
+            ) from None
+    if path.exists():
+        if not overwrite:
+            raise StackError(
+                f"{path} already exists; pass --overwrite to replace it or choose another name."
+            )
+        if suffix == ".zarr" and not (path.is_dir() and _is_zarr_store(path)):
+            raise StackError(
+                f"{path} exists and is not a zarr store, so it is not replaced; choose "
+                "another name or remove it yourself."
+            )
+        if suffix != ".zarr" and not path.is_file():
+            raise StackError(f"{path} exists and is a folder, not a file; choose another name.")
+    parent = path.parent
+    if not parent.exists():
+        raise StackError(
+            f"cannot write {path}: the folder {parent} does not exist; create it first or "
+            "choose another folder."
+        )
+    if not parent.is_dir():
+        raise StackError(f"cannot write {path}: {parent} is not a folder; choose another folder.")
+    try:
+        # Permission bits, ACLs and read-only mounts all show up in an actual attempt.
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".xfusion-write-test-"):
+            pass
+    except OSError as err:
+        raise StackError(
+            f"cannot write in the folder {parent} ({err.strerror or err}); choose a folder "
+            "you can write to."
+        ) from err
+    return path
+
+
+class StackWriter(ABC):
+    """Writes a stack one frame at a time; the output appears only once complete.
+
+    Create one with :func:`open_writer` and use it as a context manager. Frames go to
+    :attr:`partial_path` (``<stem>.incomplete<suffix>``); :meth:`close` renames it onto
+    :attr:`path`. If the ``with`` block raises, nothing is put at :attr:`path`: with no
+    frame written the temporary is removed, otherwise it is kept, readable, holding the
+    frames written, with ``"complete": false`` and ``frames_written`` in its metadata.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        frame_shape: tuple[int, int],
+        dtype: np.dtype,
+        n_frames: int | None,
+        overwrite: bool,
+        metadata: dict,
+    ) -> None:
+        self._path = path
+        self._partial = incomplete_path(path)
+        self.frame_shape = frame_shape
+        self.dtype = dtype
+        self.n_frames = n_frames
+        self.overwrite = overwrite
+        self.metadata = metadata
+        self._frames_written = 0
+        self._closed = False
+        self._open()
+
+    @property
+    def path(self) -> Path:
+        """The final output path."""
+        return self._path
+
+    @property
+    def partial_path(self) -> Path:
+        """The temporary the frames are written to until the stack is complete."""
+        return self._partial
+
+    @property
+    def frames_written(self) -> int:
+        """Frames written so far."""
+        return self._frames_written
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one frame ``(y, x)``.
+
+        Parameters
+        ----------
+        frame : array_like
+            Same shape as ``frame_shape``; its dtype must convert to the writer's dtype
+            without loss of kind (no float into an integer stack) and its values must fit.
+
+        Raises
+        ------
+        StackError
+            On a wrong shape or dtype, too many frames, or a closed writer.
+        """
+        if self._closed:
+            raise StackError(f"the writer for {self._path} is closed; open a new one.")
+        k = self._frames_written
+        if self.n_frames is not None and k >= self.n_frames:
+            raise StackError(
+                f"{self._path} was opened for {self.n_frames} frames and all are written; "
+                "pass the right n_frames to open_writer."
+            )
+        frame = np.asarray(frame)
+        if frame.shape != self.frame_shape:
+            raise StackError(
+                f"frame {k} has shape {frame.shape} but {self._path} holds frames of shape "
+                f"{self.frame_shape}; crop or resize the frame to match."
+            )
+        if not np.can_cast(frame.dtype, self.dtype, casting="same_kind"):
+            raise StackError(
+                f"frame {k} is {frame.dtype} but {self._path} stores {self.dtype}: convert it "
+                f"to {self.dtype} first (Normalization.invert maps [0, 1] back to the "
+                "source units)."
+            )
+        if self.dtype.kind in "iu" and frame.dtype.kind in "iu" and frame.size:
+            info = np.iinfo(self.dtype)
+            if frame.min() < info.min or frame.max() > info.max:
+                raise StackError(
+                    f"frame {k} has values {frame.min()}..{frame.max()} outside the range of "
+                    f"{self.dtype} ({info.min}..{info.max}); clip or rescale it first."
+                )
+        self._append(frame.astype(self.dtype, copy=False))
+        self._frames_written += 1
+
+    def close(self) -> None:
+        """Finish the stack and move it onto :attr:`path`.
+
+        Raises
+        ------
+        StackError
+            When fewer frames than ``n_frames`` (or none) were written; the frames written
+            are then kept at :attr:`partial_path`.
+        """
+        if self._closed:
+            return
+        k, n = self._frames_written, self.n_frames
+        if k == 0 or (n is not None and k != n):
+            self.abort()
+            expected = f" of {n}" if n is not None else ""
+            kept = f"; the {k} frames written are kept in {self._partial}" if k else ""
+            raise StackError(
+                f"only {k}{expected} frames were written to {self._path}, so it was not "
+                f"created{kept}. Write every frame before closing."
+            )
+        self._finish(complete=True)
+        self._closed = True
+        if self._path.exists() and not self.overwrite:
+            raise StackError(
+                f"{self._path} appeared while the stack was being written and is left as it "
+                f"is; the result is in {self._partial}: rename it, or pass --overwrite."
+            )
+        _move_into_place(self._partial, self._path)
+
+    def abort(self) -> None:
+        """Stop writing, keeping what was written but not putting it at :attr:`path`.
+
+        The frames written so far stay at :attr:`partial_path`, marked incomplete; with
+        none written, the temporary is removed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._finish(complete=False)
+        if self._frames_written == 0:
+            _remove(self._partial)
+
+    def __enter__(self) -> StackWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _status(self, complete: bool) -> dict:
+        return {**self.metadata, "complete": complete, "frames_written": self._frames_written}
+
+    @abstractmethod
+    def _open(self) -> None:
+        """Create the temporary at :attr:`partial_path`."""
+
+    @abstractmethod
+    def _append(self, frame: np.ndarray) -> None:
+        """Store the next frame, already of the writer's shape and dtype."""
+
+    @abstractmethod
+    def _finish(self, complete: bool) -> None:
+        """Flush and close the temporary, recording ``complete`` and the frame count."""
+
+
+class _TiffStackWriter(StackWriter):
+    """BigTIFF, uncompressed, one page per frame in one contiguous series.
+
+    Contiguous pixels let :func:`read_stack` memory-map the result. The metadata is the
+    JSON ImageDescription of the first page, as tifffile writes it (``shape`` first).
+    """
+
+    def _open(self) -> None:
+        self._tif = tifffile.TiffWriter(self._partial, bigtiff=True)
+
+    def _append(self, frame: np.ndarray) -> None:
+        self._tif.write(
+            frame, contiguous=True, photometric="minisblack", metadata=self._status(False)
+        )
+
+    def _finish(self, complete: bool) -> None:
+        self._tif.close()
+        if self._frames_written:
+            # The status is known only now. The shape is set too because tifffile records
+            # a single frame as (y, x), which would read back as an image, not a stack.
+            description = json.loads(tifffile.tiffcomment(self._partial))
+            description.update(
+                shape=[self._frames_written, *self.frame_shape],
+                complete=complete,
+                frames_written=self._frames_written,
+            )
+            tifffile.tiffcomment(self._partial, json.dumps(description).encode("ascii"))
+
+
+class _ZarrStackWriter(StackWriter):
+    """A zarr array chunked one frame per chunk; metadata in its attributes."""
+
+    def _open(self) -> None:
+        import zarr
+
+        self._array = zarr.open_array(
+            store=str(self._partial),
+            mode="w",
+            shape=(self.n_frames or 0, *self.frame_shape),
+            chunks=(1, *self.frame_shape),
+            dtype=self.dtype,
+        )
+        self._array.attrs.update(self._status(False))
+
+    def _append(self, frame: np.ndarray) -> None:
+        if self.n_frames is None:
+            self._array.append(frame[np.newaxis], axis=0)
+        else:
+            self._array[self._frames_written] = frame
+
+    def _finish(self, complete: bool) -> None:
+        if self._array.shape[0] != self._frames_written:
+            # An interrupted write keeps exactly the frames written, no blank tail.
+            self._array.resize((self._frames_written, *self.frame_shape))
+        self._array.attrs.update(self._status(complete))
+
+
+def open_writer(
+    path: str | Path,
+    frame_shape: tuple[int, int],
+    dtype: Any,
+    n_frames: int | None = None,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+) -> StackWriter:
+    """Open a :class:`StackWriter` that streams frames to ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``/``.tiff`` (BigTIFF) or ``.zarr``; checked with :func:`check_output_path`.
+    frame_shape : tuple of int
+        ``(y, x)`` of every frame.
+    dtype : dtype-like
+        Pixel type stored (integer or float).
+    n_frames : int, optional
+        Number of frames that will be written; :meth:`StackWriter.close` checks it.
+    overwrite : bool
+        Replace an existing output (only once the new one is complete).
+    metadata : dict, optional
+        JSON-serializable entries stored with the stack (TIFF ImageDescription, zarr
+        attributes); read them back with :func:`read_metadata`.
+
+    Returns
+    -------
+    StackWriter
+
+    Raises
+    ------
+    StackError
+        On an unwritable path or invalid settings.
+    """
+    path = check_output_path(path, overwrite=overwrite)
+    frame_shape = tuple(int(d) for d in frame_shape)
+    if len(frame_shape) != 2 or min(frame_shape) < 1:
+        raise StackError(f"frame_shape must be (y, x) with sizes >= 1, got {frame_shape}.")
+    dtype = np.dtype(dtype)
+    _check_dtype(dtype, f"output {path}")
+    if n_frames is not None and n_frames < 1:
+        raise StackError(f"n_frames must be >= 1 (or None when unknown), got {n_frames}.")
+    metadata = dict(metadata or {})
+    reserved = sorted(set(metadata) & set(RESERVED_METADATA_KEYS))
+    if reserved:
+        raise StackError(
+            f"metadata keys {reserved} are set by the writer itself; rename them."
+        )
+    try:
+        json.dumps(metadata)
+    except TypeError as err:
+        raise StackError(
+            f"metadata must be JSON-serializable ({err}); convert values to str, numbers, "
+            "lists or dicts."
+        ) from err
+    cls = _ZarrStackWriter if path.suffix.lower() == ".zarr" else _TiffStackWriter
+    return cls(path, frame_shape, dtype, n_frames, overwrite, metadata)
+
+
+def write_stack(
+    path: str | Path,
+    stack: Any,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a whole stack, streaming it frame by frame (dask chunk by chunk).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.tif``/``.tiff`` or ``.zarr``.
+    stack : array_like, shape (frames, y, x)
+        numpy or dask array; singleton axes besides y and x are dropped.
+    overwrite : bool
+        Replace an existing output.
+    metadata : dict, optional
+        JSON-serializable entries stored with the stack.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each frame.
+
+    Returns
+    -------
+    Path
+        The written output.
+    """
+    if not is_dask_array(stack):
+        stack = np.asarray(stack)
+    n, y, x = _stack_shape(stack.shape, "stack to write")
+    stack = stack.reshape(n, y, x)
+    with open_writer(path, (y, x), stack.dtype, n, overwrite, metadata) as writer:
+        for done, frame in enumerate(_iter_frames(stack), start=1):
+            writer.write(frame)
+            if progress is not None:
+                progress(done, n)
+    return writer.path
+
+
+def _iter_frames(stack: Any) -> Iterator[np.ndarray]:
+    """Frames of a numpy or dask stack; dask chunks are computed once each."""
+    if is_dask_array(stack):
+        stack = stack.rechunk({1: -1, 2: -1})
+        for k in range(stack.numblocks[0]):
+            yield from np.asarray(stack.blocks[k])
+    else:
+        yield from stack
+
+
+def _move_into_place(partial_path: Path, path: Path) -> None:
+    if path.is_dir():
+        # os.replace cannot replace a non-empty folder (a zarr store): move the old one
+        # aside, put the new one in place, then delete the old.
+        old = path.with_name(f"{path.name}.replaced-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(partial_path, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(partial_path, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

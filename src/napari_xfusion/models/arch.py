@@ -1,0 +1,504 @@
+"""EDVR-STF (Tang et al. 2024) and its EDVR baseline (Wang et al. 2019), single channel, x4.
+
+The networks follow BasicSR's EDVR, on which the paper's code was built, and use its
+parameter names (``conv_first``, ``feature_extraction.0.conv1``, ``pcd_align.dcn_pack.l3``,
+``fusion.temporal_attn1``, ``reconstruction.39.conv2``, ``upconv1`` ...), so that BasicSR
+checkpoints load without renaming. EDVR-STF adds a feature branch that brings the two HR
+keyframes down to the LR grid (``hr_feature``).
+
+Frames are ordered ``[LR t-r, LR t, LR t+r, HR k0, HR k1]``; the reference is frame 1 (LR t).
+Every network returns the HR estimate at time ``t`` and, per input frame, the spatial mean of
+its raw (pre-sigmoid) temporal-attention map: the paper's attention score.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .deform import Backend, deform_conv2d, resolve_backend
+
+#: Index of the reference frame (LR t) in the frame order.
+REFERENCE_INDEX = 1
+#: LR height and width must be multiples of this (two stride-2 pyramid levels).
+SIZE_MULTIPLE = 4
+#: Channels of the two HR-resolution layers of the reconstruction, fixed by EDVR.
+HR_TAIL_CHANNELS = 64
+
+
+def _lrelu(x: Tensor) -> Tensor:
+    # In place, as in BasicSR: every call site passes a fresh conv (or sum) output that
+    # nothing else reads, which saves one full-size allocation per activation.
+    return F.leaky_relu(x, negative_slope=0.1, inplace=True)
+
+
+def _scaled_kaiming_(conv: nn.Conv2d, scale: float) -> None:
+    """Kaiming-normal weights times ``scale``, zero bias (BasicSR's residual-block init).
+
+    The small scale keeps a deep stack of residual blocks close to the identity at the start
+    of training.
+    """
+    nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_in")
+    with torch.no_grad():
+        conv.weight.mul_(scale)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride, 1)
+
+
+class ResidualBlockNoBN(nn.Module):
+    """``x + conv2(relu(conv1(x)))``, without batch normalization.
+
+    Shape: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(channels, channels)
+        self.conv2 = _conv3x3(channels, channels)
+        _scaled_kaiming_(self.conv1, 0.1)
+        _scaled_kaiming_(self.conv2, 0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(x), inplace=True))
+
+
+class DCNv2Pack(nn.Module):
+    """Modulated deformable 3x3 conv whose offsets and masks come from a second input.
+
+    ``conv_offset(feat)`` gives ``3 * G * 9`` channels: the first ``2 * G * 9`` are offsets
+    in torchvision's layout, the rest mask logits (sigmoid). The offset conv starts at zero,
+    so an untrained pack is a plain convolution with a mask of 0.5.
+
+    Parameters
+    ----------
+    channels : int
+        Input and output channels.
+    deform_groups : int
+        Offset groups ``G``; must divide ``channels``.
+    backend : {"auto", "torch", "torchvision"}
+        Deformable-convolution implementation (:func:`~.deform.deform_conv2d`).
+
+    Shapes: x (N, C, H, W), feat (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(self, channels: int, deform_groups: int, backend: Backend = "auto") -> None:
+        super().__init__()
+        self.deform_groups = deform_groups
+        self.backend = resolve_backend(backend)
+        self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.conv_offset = nn.Conv2d(channels, 3 * deform_groups * 9, 3, 1, 1)
+        bound = 1.0 / math.sqrt(channels * 9)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: Tensor, feat: Tensor) -> Tensor:
+        out = self.conv_offset(feat)
+        n_offsets = 2 * self.deform_groups * 9
+        offset, mask = out[:, :n_offsets], torch.sigmoid(out[:, n_offsets:])
+        return deform_conv2d(
+            x, offset, self.weight, self.bias, 1, 1, 1, mask, backend=self.backend
+        )
+
+
+class PCDAlignment(nn.Module):
+    """Pyramid, cascading and deformable alignment of a frame's features to the reference.
+
+    Offsets are estimated coarse to fine on three pyramid levels (L3 = 1/4 size, L2 = 1/2,
+    L1 = full); each level's offset features and aligned features are upsampled x2 (offsets
+    also doubled in magnitude) and refine the next. A last, cascading deformable conv at L1
+    corrects residual misalignment.
+
+    Shapes: ``neighbour`` and ``reference`` are lists ``[L1, L2, L3]`` of (N, C, H, W),
+    (N, C, H/2, W/2), (N, C, H/4, W/4) -> aligned (N, C, H, W).
+    """
+
+    def __init__(self, channels: int, deform_groups: int, backend: Backend = "auto") -> None:
+        super().__init__()
+        c = channels
+        self.offset_conv1 = nn.ModuleDict()
+        self.offset_conv2 = nn.ModuleDict()
+        self.offset_conv3 = nn.ModuleDict()
+        self.dcn_pack = nn.ModuleDict()
+        self.feat_conv = nn.ModuleDict()
+        for level in ("l3", "l2", "l1"):
+            self.offset_conv1[level] = _conv3x3(2 * c, c)
+            if level == "l3":
+                self.offset_conv2[level] = _conv3x3(c, c)
+            else:
+                # Coarser offset features are concatenated in.
+                self.offset_conv2[level] = _conv3x3(2 * c, c)
+                self.offset_conv3[level] = _conv3x3(c, c)
+                self.feat_conv[level] = _conv3x3(2 * c, c)
+            self.dcn_pack[level] = DCNv2Pack(c, deform_groups, backend)
+        self.cas_offset_conv1 = _conv3x3(2 * c, c)
+        self.cas_offset_conv2 = _conv3x3(c, c)
+        self.cas_dcnpack = DCNv2Pack(c, deform_groups, backend)
+
+    @staticmethod
+    def _up(x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, neighbour: list[Tensor], reference: list[Tensor]) -> Tensor:
+        up_offset = up_feat = None
+        for i, level in ((2, "l3"), (1, "l2"), (0, "l1")):
+            offset = _lrelu(self.offset_conv1[level](torch.cat([neighbour[i], reference[i]], 1)))
+            if level == "l3":
+                offset = _lrelu(self.offset_conv2[level](offset))
+            else:
+                offset = _lrelu(self.offset_conv2[level](torch.cat([offset, up_offset], 1)))
+                offset = _lrelu(self.offset_conv3[level](offset))
+            feat = self.dcn_pack[level](neighbour[i], offset)
+            if level != "l3":
+                feat = self.feat_conv[level](torch.cat([feat, up_feat], 1))
+            if level != "l1":
+                feat = _lrelu(feat)
+                # Offset features are in pixels of their level: double them with the grid.
+                up_offset = self._up(offset) * 2
+                up_feat = self._up(feat)
+        offset = torch.cat([feat, reference[0]], 1)
+        offset = _lrelu(self.cas_offset_conv2(_lrelu(self.cas_offset_conv1(offset))))
+        return _lrelu(self.cas_dcnpack(feat, offset))
+
+
+class TSAFusion(nn.Module):
+    """Temporal and spatial attention fusion of the aligned frames.
+
+    Temporal attention: each frame's embedded features are dotted with the reference's
+    embedding at every pixel; the sigmoid of that correlation weights the frame's features.
+    The fused features are then modulated by a spatial attention computed on a small
+    pyramid (max and average pooling).
+
+    Parameters
+    ----------
+    channels : int
+    frames : int
+        Number of aligned frames ``T``.
+    reference : int
+        Index of the reference frame.
+
+    Shapes: aligned (N, T, C, H, W) -> fused (N, C, H, W) and the raw correlation maps
+    (N, T, H, W) (pre-sigmoid; their spatial means are the attention scores).
+    """
+
+    def __init__(self, channels: int, frames: int, reference: int = REFERENCE_INDEX) -> None:
+        super().__init__()
+        c = channels
+        self.reference = reference
+        self.temporal_attn1 = _conv3x3(c, c)
+        self.temporal_attn2 = _conv3x3(c, c)
+        self.feat_fusion = nn.Conv2d(frames * c, c, 1)
+        self.spatial_attn1 = nn.Conv2d(frames * c, c, 1)
+        self.spatial_attn2 = nn.Conv2d(2 * c, c, 1)
+        self.spatial_attn3 = _conv3x3(c, c)
+        self.spatial_attn4 = nn.Conv2d(c, c, 1)
+        self.spatial_attn5 = _conv3x3(c, c)
+        self.spatial_attn_l1 = nn.Conv2d(c, c, 1)
+        self.spatial_attn_l2 = _conv3x3(2 * c, c)
+        self.spatial_attn_l3 = _conv3x3(c, c)
+        self.spatial_attn_add1 = nn.Conv2d(c, c, 1)
+        self.spatial_attn_add2 = nn.Conv2d(c, c, 1)
+
+    @staticmethod
+    def _pool(x: Tensor) -> Tensor:
+        """Max and average pooling (3x3, stride 2) side by side: (N, C, H, W) -> (N, 2C, H/2, W/2)."""
+        return torch.cat(
+            [F.max_pool2d(x, 3, 2, 1), F.avg_pool2d(x, 3, 2, 1, count_include_pad=True)], 1
+        )
+
+    @staticmethod
+    def _up(x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, aligned: Tensor) -> tuple[Tensor, Tensor]:
+        n, t, c, h, w = aligned.shape
+        embedding_ref = self.temporal_attn1(aligned[:, self.reference])
+        embedding = self.temporal_attn2(aligned.reshape(n * t, c, h, w)).reshape(n, t, c, h, w)
+        correlation = (embedding * embedding_ref.unsqueeze(1)).sum(2)  # (N, T, H, W)
+        weighted = (aligned * torch.sigmoid(correlation).unsqueeze(2)).reshape(n, t * c, h, w)
+
+        feat = _lrelu(self.feat_fusion(weighted))
+
+        attn = _lrelu(self.spatial_attn1(weighted))
+        attn = _lrelu(self.spatial_attn2(self._pool(attn)))  # 1/2 size
+        attn_level = _lrelu(self.spatial_attn_l1(attn))
+        attn_level = _lrelu(self.spatial_attn_l2(self._pool(attn_level)))  # 1/4 size
+        attn_level = self._up(_lrelu(self.spatial_attn_l3(attn_level)))
+        attn = _lrelu(self.spatial_attn3(attn)) + attn_level
+        attn = self._up(_lrelu(self.spatial_attn4(attn)))
+        attn = self.spatial_attn5(attn)
+        attn_add = self.spatial_attn_add2(_lrelu(self.spatial_attn_add1(attn)))
+        # sigmoid(attn) starts near 0.5; the factor 2 keeps the modulation near 1.
+        return feat * torch.sigmoid(attn) * 2 + attn_add, correlation
+
+
+class HRFeatureExtractor(nn.Module):
+    """The HR keyframe branch of EDVR-STF: features on the LR grid from an HR frame.
+
+    ``conv1`` + LeakyReLU, then ``conv2`` and ``conv3`` each followed by LeakyReLU and a 3x3,
+    stride-2 max pooling; two poolings bring the 4x HR grid down to the LR grid.
+
+    Shape: (N, 1, 4H, 4W) -> (N, C, H, W).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(1, channels)
+        self.conv2 = _conv3x3(channels, channels)
+        self.conv3 = _conv3x3(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _lrelu(self.conv1(x))
+        x = F.max_pool2d(_lrelu(self.conv2(x)), 3, 2, 1)
+        return F.max_pool2d(_lrelu(self.conv3(x)), 3, 2, 1)
+
+
+class _FusionNetwork(nn.Module):
+    """Shared body of EDVR and EDVR-STF: extraction, PCD, TSA, reconstruction."""
+
+    #: Frames the network aligns and fuses.
+    frames: int
+
+    def __init__(self, config: ModelConfig, deform_backend: Backend = "auto") -> None:
+        super().__init__()
+        c = config.channels
+        self.config = config
+        self.deform_backend = resolve_backend(deform_backend)
+
+        self.conv_first = _conv3x3(1, c)
+        self.feature_extraction = nn.Sequential(
+            *(ResidualBlockNoBN(c) for _ in range(config.extract_blocks))
+        )
+        self.conv_l2_1 = _conv3x3(c, c, stride=2)
+        self.conv_l2_2 = _conv3x3(c, c)
+        self.conv_l3_1 = _conv3x3(c, c, stride=2)
+        self.conv_l3_2 = _conv3x3(c, c)
+
+        self.pcd_align = PCDAlignment(c, config.deform_groups, self.deform_backend)
+        self.fusion = TSAFusion(c, self.frames, REFERENCE_INDEX)
+
+        self.reconstruction = nn.Sequential(
+            *(ResidualBlockNoBN(c) for _ in range(config.recon_blocks))
+        )
+        self.upconv1 = _conv3x3(c, 4 * c)
+        self.upconv2 = _conv3x3(c, 4 * HR_TAIL_CHANNELS)
+        self.conv_hr = _conv3x3(HR_TAIL_CHANNELS, HR_TAIL_CHANNELS)
+        self.conv_last = _conv3x3(HR_TAIL_CHANNELS, 1)
+
+    # -- pieces -------------------------------------------------------------------------
+
+    def _check_lr(self, lr: Tensor) -> tuple[int, int, int]:
+        if lr.dim() != 5 or lr.shape[1] != 3 or lr.shape[2] != 1:
+            raise ValueError(
+                f"lr must have shape (B, 3, 1, h, w) (frames t-r, t, t+r, one channel), got "
+                f"{tuple(lr.shape)}."
+            )
+        b, _, _, h, w = lr.shape
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+            raise ValueError(
+                f"LR frames of {h}x{w} pixels: height and width must be multiples of "
+                f"{SIZE_MULTIPLE}; pad them (the inference engine does) to "
+                f"{h + (-h) % SIZE_MULTIPLE}x{w + (-w) % SIZE_MULTIPLE}."
+            )
+        return b, h, w
+
+    def _frame_features(self, lr: Tensor, hr: Tensor | None) -> Tensor:
+        """First-layer features of every frame on the LR grid, (B, T, C, h, w)."""
+        b, t, _, h, w = lr.shape
+        return _lrelu(self.conv_first(lr.reshape(b * t, 1, h, w))).reshape(b, t, -1, h, w)
+
+    def _pyramid(self, feat_l1: Tensor) -> list[Tensor]:
+        """Shared extraction: (N, C, h, w) -> [L1 (N, C, h, w), L2 (h/2), L3 (h/4)]."""
+        feat_l1 = self.feature_extraction(feat_l1)
+        feat_l2 = _lrelu(self.conv_l2_2(_lrelu(self.conv_l2_1(feat_l1))))
+        feat_l3 = _lrelu(self.conv_l3_2(_lrelu(self.conv_l3_1(feat_l2))))
+        return [feat_l1, feat_l2, feat_l3]
+
+    def _run(self, lr: Tensor, hr: Tensor | None) -> tuple[Tensor, Tensor]:
+        b, h, w = self._check_lr(lr)
+        feat = self._frame_features(lr, hr)
+        t, c = feat.shape[1], feat.shape[2]
+        pyramid = self._pyramid(feat.reshape(b * t, c, h, w))
+
+        # All frames are aligned in one batch: the reference pyramid is repeated per frame.
+        levels = [x.reshape(b, t, c, *x.shape[-2:]) for x in pyramid]
+        reference = [
+            x[:, REFERENCE_INDEX : REFERENCE_INDEX + 1].expand_as(x).reshape(b * t, c, *x.shape[-2:])
+            for x in levels
+        ]
+        aligned = self.pcd_align(pyramid, reference).reshape(b, t, c, h, w)
+        fused, correlation = self.fusion(aligned)
+
+        out = self.reconstruction(fused)
+        out = _lrelu(F.pixel_shuffle(self.upconv1(out), 2))
+        out = _lrelu(F.pixel_shuffle(self.upconv2(out), 2))
+        out = self.conv_last(_lrelu(self.conv_hr(out)))
+        base = F.interpolate(
+            lr[:, REFERENCE_INDEX], scale_factor=4, mode="bilinear", align_corners=False
+        )
+        return out + base, correlation.mean(dim=(2, 3))
+
+    # -- public -------------------------------------------------------------------------
+
+    def receptive_field(self, max_offset: float = 8.0) -> int:
+        """Upper estimate of the receptive-field radius, in LR pixels.
+
+        Counted along the longest path: extraction and pyramid convolutions, the PCD offset
+        and deformable convolutions (plus ``max_offset`` LR pixels for each of the two
+        full-resolution deformable convolutions, whose reach depends on the learned
+        offsets), the TSA spatial-attention pyramid, the reconstruction blocks and the
+        upsampling tail. Tiles that overlap by this much give exactly the whole-frame
+        result; the effective receptive field of a trained network is much smaller, so
+        the tile overlap can usually be far less.
+
+        Parameters
+        ----------
+        max_offset : float
+            Assumed largest deformable offset, in LR pixels.
+        """
+        cfg = self.config
+        # Input layers: the HR branch (3 convs and 2 poolings, 1.75 LR px) reaches further
+        # than the single LR conv (1 px).
+        radius = 1.75 if cfg.arch == "stf" else 1.0
+        radius += 2 * cfg.extract_blocks  # two 3x3 convs per block
+        radius += 1 + 2 + 2 + 4  # pyramid: conv_l2_1, conv_l2_2 (at 1/2), conv_l3_* (1/2, 1/4)
+        # PCD, longest chain: L3 offset convs (2 x 4 px), x2 bilinear upsampling (4 px),
+        # L2 offset convs (2 x 2 px), upsampling (2 px), L1 offset convs (2 x 1 px), L1 DCN
+        # and feature conv (2 px), cascade offset convs (2 px) and DCN (1 px).
+        radius += 8 + 4 + 4 + 2 + 2 + 2 + 2 + 1 + 2 * max_offset
+        # TSA: embedding (1), pooling (1), pyramid pooling (2), two 3x3 at 1/4 (8),
+        # upsampling (4 + 2), spatial_attn5 (1).
+        radius += 1 + 1 + 2 + 8 + 6 + 1
+        radius += 2 * cfg.recon_blocks
+        radius += 1 + 0.5 + 0.25 + 0.25  # upconv1, upconv2 (at 2x), conv_hr, conv_last (4x)
+        return math.ceil(radius)
+
+
+class EDVRSTF(_FusionNetwork):
+    """EDVR-STF: the HR frame at time ``t`` from three LR frames and two HR keyframes.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Network size; ``config.arch`` must be ``"stf"``.
+    deform_backend : {"auto", "torch", "torchvision"}
+        Deformable-convolution implementation (both give the same results).
+
+    Examples
+    --------
+    >>> net = EDVRSTF(ModelConfig.preset("tiny"))
+    >>> out, attention = net(torch.rand(1, 3, 1, 8, 8), torch.rand(1, 2, 1, 32, 32))
+    >>> out.shape, attention.shape
+    (torch.Size([1, 1, 32, 32]), torch.Size([1, 5]))
+    """
+
+    frames = 5
+
+    def __init__(self, config: ModelConfig, deform_backend: Backend = "auto") -> None:
+        if config.arch != "stf":
+            raise ValueError(
+                f"EDVRSTF needs a config with arch='stf', got {config.arch!r}: use EDVR or "
+                "build_model(config)."
+            )
+        super().__init__(config, deform_backend)
+        self.hr_feature = HRFeatureExtractor(config.channels)
+
+    def _frame_features(self, lr: Tensor, hr: Tensor | None) -> Tensor:
+        b, _, _, h, w = lr.shape
+        expected = (b, 2, 1, 4 * h, 4 * w)
+        if hr is None:
+            raise ValueError(
+                "EDVR-STF needs the two bracketing HR keyframes: pass hr of shape "
+                f"{expected}, or use the EDVR model for LR-only super-resolution."
+            )
+        if tuple(hr.shape) != expected:
+            raise ValueError(
+                f"hr must have shape (B, 2, 1, 4h, 4w) = {expected} for lr of shape "
+                f"{tuple(lr.shape)}, got {tuple(hr.shape)}."
+            )
+        feat_lr = super()._frame_features(lr, None)
+        feat_hr = self.hr_feature(hr.reshape(b * 2, 1, 4 * h, 4 * w)).reshape(b, 2, -1, h, w)
+        return torch.cat([feat_lr, feat_hr], dim=1)
+
+    def forward(self, lr: Tensor, hr: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Fuse one output frame per batch item.
+
+        Parameters
+        ----------
+        lr : Tensor, shape (B, 3, 1, h, w)
+            LR frames ``t - r, t, t + r`` in [0, 1]; ``h`` and ``w`` multiples of 4.
+        hr : Tensor, shape (B, 2, 1, 4h, 4w)
+            HR keyframes ``k0 <= t < k1`` in [0, 1].
+
+        Returns
+        -------
+        out : Tensor, shape (B, 1, 4h, 4w)
+            The HR estimate at time ``t`` (not clipped).
+        attention : Tensor, shape (B, 5)
+            Spatial mean of each frame's pre-sigmoid temporal-attention map, frames in input
+            order ``[LR t-r, LR t, LR t+r, HR k0, HR k1]``.
+        """
+        return self._run(lr, hr)
+
+
+class EDVR(_FusionNetwork):
+    """The EDVR baseline: the HR frame at time ``t`` from three LR frames alone.
+
+    Same as :class:`EDVRSTF` without the HR branch; ``hr`` is accepted and ignored so that
+    both networks can be called alike.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Network size; ``config.arch`` must be ``"edvr"``.
+    deform_backend : {"auto", "torch", "torchvision"}
+    """
+
+    frames = 3
+
+    def __init__(self, config: ModelConfig, deform_backend: Backend = "auto") -> None:
+        if config.arch != "edvr":
+            raise ValueError(
+                f"EDVR needs a config with arch='edvr', got {config.arch!r}: use EDVRSTF or "
+                "build_model(config)."
+            )
+        super().__init__(config, deform_backend)
+
+    def forward(self, lr: Tensor, hr: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Super-resolve LR frame ``t``.
+
+        Parameters
+        ----------
+        lr : Tensor, shape (B, 3, 1, h, w)
+            LR frames ``t - r, t, t + r`` in [0, 1]; ``h`` and ``w`` multiples of 4.
+        hr : Tensor, optional
+            Ignored.
+
+        Returns
+        -------
+        out : Tensor, shape (B, 1, 4h, 4w)
+        attention : Tensor, shape (B, 3)
+            Spatial mean of each LR frame's pre-sigmoid temporal-attention map.
+        """
+        return self._run(lr, None)
+
+
+def build_model(config: ModelConfig, deform_backend: Backend = "auto") -> _FusionNetwork:
+    """The network described by ``config``: :class:`EDVRSTF` or :class:`EDVR`."""
+    if config.arch == "stf":
+        return EDVRSTF(config, deform_backend)
+    return EDVR(config, deform_backend)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,227 @@
+"""The paper's intensity normalization: percentile clip, then min-max scaling to [0, 1].
+
+Tang et al. clip each sequence at its 0.35th and 99.65th percentiles and min-max normalize
+it, so the networks see float32 frames in [0, 1]. :func:`fit_normalization` estimates the
+two percentiles from a few frames spread over the stack (a long recording is never read in
+full for it); the resulting :class:`Normalization` maps frames to [0, 1] with
+:meth:`~Normalization.apply` and fused frames back to the camera's units and dtype with
+:meth:`~Normalization.invert`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .config import NormalizationConfig
+from .io import check_finite, is_dask_array
+
+#: Pixels pooled for the percentile estimate at most; beyond it frames are subsampled on
+#: a regular grid. 2**24 values keep the estimate's error far below one grey level while
+#: bounding memory (128 MiB as float64).
+MAX_SAMPLE_PIXELS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A fitted intensity mapping between a camera's units and [0, 1].
+
+    Values at or below ``low`` map to 0, at or above ``high`` to 1, linearly between. A
+    constant stack (``low == high``) has no range to scale: every value maps to 0, and
+    :meth:`invert` returns ``low``.
+
+    Parameters
+    ----------
+    low, high : float
+        Clip limits in the source units (the fitted percentiles).
+    dtype : str
+        The source stack's dtype name, e.g. ``"uint16"``; :meth:`invert` returns it.
+    """
+
+    low: float
+    high: float
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.low) and np.isfinite(self.high) and self.low <= self.high):
+            raise ValueError(
+                f"normalization limits must be finite with low <= high, got low={self.low} "
+                f"and high={self.high}."
+            )
+        if np.dtype(self.dtype).kind not in "iuf":
+            raise ValueError(
+                f"normalization dtype must be an integer or float type, got {self.dtype!r}."
+            )
+
+    @property
+    def _scale(self) -> float:
+        return 1.0 / (self.high - self.low) if self.high > self.low else 0.0
+
+    def apply(self, x: Any) -> Any:
+        """Clip to ``[low, high]`` and scale to [0, 1].
+
+        Parameters
+        ----------
+        x : array_like or dask.array.Array
+            Frames in the source units. A dask array stays lazy.
+
+        Returns
+        -------
+        ndarray or dask.array.Array
+            float32 in [0, 1], same shape.
+        """
+        if is_dask_array(x):
+            return x.map_blocks(self.apply, dtype=np.float32)
+        # float64 arithmetic: a float32 offset would lose detail on large float values.
+        y = (np.asarray(x, dtype=np.float64) - self.low) * self._scale
+        return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+    def invert(self, y: Any) -> Any:
+        """Map [0, 1] values back to the source units and dtype.
+
+        Parameters
+        ----------
+        y : array_like or dask.array.Array
+            Normalized frames (values outside [0, 1] extrapolate linearly).
+
+        Returns
+        -------
+        ndarray or dask.array.Array
+            In :attr:`dtype`: integer types are rounded and clipped to the type's range,
+            float types are kept as they come out.
+        """
+        dtype = np.dtype(self.dtype)
+        if is_dask_array(y):
+            return y.map_blocks(self.invert, dtype=dtype)
+        x = np.asarray(y, dtype=np.float64) * (self.high - self.low) + self.low
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            x = np.clip(np.rint(x), info.min, info.max)
+        return x.astype(dtype)
+
+
+def sample_indices(n_frames: int, max_frames: int) -> np.ndarray:
+    """Indices of at most ``max_frames`` frames spread evenly over ``n_frames``.
+
+    The first and last frames are included whenever two or more are sampled.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames in the stack.
+    max_frames : int
+        Most frames to pick.
+
+    Returns
+    -------
+    ndarray of int
+        Sorted, unique indices.
+    """
+    count = min(n_frames, max_frames)
+    return np.unique(np.round(np.linspace(0, n_frames - 1, count)).astype(int))
+
+
+def fit_normalization(
+    stack: Any, config: NormalizationConfig = NormalizationConfig()
+) -> Normalization:
+    """Fit the paper's percentile normalization to a stack, reading only a sample of it.
+
+    Parameters
+    ----------
+    stack : array_like, shape (frames, y, x)
+        numpy or dask array, or anything with ``len`` whose ``stack[i]`` is one frame.
+        Only the sampled frames are read.
+    config : NormalizationConfig
+        Percentiles and the most frames to sample.
+
+    Returns
+    -------
+    Normalization
+
+    Raises
+    ------
+    ValueError
+        When the stack is empty or not a stack of 2-D frames, or a sampled frame holds
+        NaN or infinite values.
+    """
+    n = len(stack)
+    if n == 0:
+        raise ValueError("cannot fit a normalization to a stack with no frames: load frames.")
+    indices = sample_indices(n, config.max_sample_frames)
+    samples = []
+    step = None
+    for i in indices:
+        frame = np.asarray(stack[int(i)])
+        if frame.ndim != 2:
+            raise ValueError(
+                f"normalization needs a stack of 2-D frames, but frame {i} has shape "
+                f"{frame.shape}: load the stack with read_stack."
+            )
+        check_finite(frame, "stack", int(i))
+        if step is None:
+            # One grid for every frame, so each sampled frame weighs the same.
+            step = max(1, int(np.ceil(np.sqrt(len(indices) * frame.size / MAX_SAMPLE_PIXELS))))
+        samples.append(frame[::step, ::step].ravel())
+    pooled = np.concatenate(samples)
+    low, high = np.percentile(pooled, [config.low_percentile, config.high_percentile])
+    return Normalization(low=float(low), high=float(high), dtype=np.dtype(pooled.dtype).name)
+
+
+def match_normalization(
+    lr: Any,
+    hr: Any,
+    hr_norm: Normalization,
+    pairs: list[tuple[int, int]],
+    scale: int,
+    config: NormalizationConfig = NormalizationConfig(),
+) -> Normalization | None:
+    """An LR normalization that puts LR frames in the HR stack's normalized units.
+
+    The two cameras see the same scene, so at a time when both took a frame, the binned HR
+    frame and the LR frame differ only by the cameras' gains and offsets. Fitting the LR
+    mapping to that (least squares, ``bin(hr_norm(HR)) ~ a * LR + b``) makes the LR and HR
+    inputs agree in brightness, which separate percentile normalizations do not: binning
+    compresses the extremes, so the percentiles of the two streams differ.
+
+    Parameters
+    ----------
+    lr, hr : array_like, shape (frames, y, x)
+        Raw LR stack and HR keyframes (only the paired frames are read).
+    hr_norm : Normalization
+        The HR stack's normalization.
+    pairs : list of (int, int)
+        ``(lr_index, hr_index)`` of frames taken at the same time.
+    scale : int
+        HR/LR pixel size ratio.
+    config : NormalizationConfig
+        Caps the number of pairs read at ``max_sample_frames``.
+
+    Returns
+    -------
+    Normalization or None
+        None when there is no pair, or the fit is unreliable (flat frames, or LR and HR
+        brightness not positively related), in which case the caller should fall back to
+        :func:`fit_normalization`.
+    """
+    from .simulate import bin_frames
+
+    if not pairs:
+        return None
+    picks = sample_indices(len(pairs), config.max_sample_frames)
+    xs, ys = [], []
+    for p in picks:
+        i, j = pairs[int(p)]
+        x = check_finite(np.asarray(lr[i], dtype=np.float64), "LR stack", i)
+        y = bin_frames(hr_norm.apply(np.asarray(hr[j])), scale)
+        xs.append(x.ravel())
+        ys.append(y.ravel().astype(np.float64))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if x.std() == 0 or y.std() == 0 or np.corrcoef(x, y)[0, 1] < 0.5:
+        return None
+    a, b = np.polyfit(x, y, 1)
+    if a <= 0:
+        return None
+    # y = a x + b maps x = -b/a to 0 and x = (1 - b)/a to 1.
+    return Normalization(low=float(-b / a), high=float((1 - b) / a), dtype=np.dtype(lr.dtype).name)

@@ -1,0 +1,276 @@
+"""From files to a fused file: the steps the CLI and the napari widget share.
+
+:func:`prepare_inputs` opens the two stacks lazily, checks that they fit together and fits
+the paper's normalization to each; :func:`fuse_to_file` streams the fused frames of any
+method to disk in the HR stack's units and dtype, with the attention scores beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .attention import AttentionLog, attention_csv_path
+from .config import NoiseConfig, NormalizationConfig, TimeModel
+from .fusion import FusionMethod, MappedFrames, ProgressCallback
+from .io import check_output_path, open_writer, read_stack
+from .normalize import Normalization, fit_normalization, match_normalization
+from .simulate import bin_frames, noise_b0, noisy_frame
+from .timeline import Timeline, keyframe_count
+
+
+@dataclass
+class FusionInputs:
+    """Two stacks ready for fusion.
+
+    Attributes
+    ----------
+    lr, hr : dask.array.Array
+        Normalized float32 stacks in [0, 1], ``(N, h, w)`` and ``(M, s*h, s*w)``.
+    timeline : Timeline
+    lr_norm, hr_norm : Normalization
+        The mappings from each camera's units to [0, 1]; ``hr_norm.invert`` brings fused
+        frames back to the HR camera's units.
+    """
+
+    lr: object
+    hr: object
+    timeline: Timeline
+    lr_norm: Normalization
+    hr_norm: Normalization
+
+
+def check_sizes(lr_shape: tuple[int, ...], hr_shape: tuple[int, ...], scale: int) -> None:
+    """Raise a clear error unless HR frames are exactly ``scale`` times the LR frames."""
+    (h, w), (H, W) = lr_shape[-2:], hr_shape[-2:]
+    if (H, W) != (scale * h, scale * w):
+        raise ValueError(
+            f"HR frames are {H}x{W} and LR frames {h}x{w}: the HR size must be exactly "
+            f"{scale} times the LR size ({scale * h}x{scale * w}). Check that the stacks are "
+            "LR and HR in the right order, crop them to matching fields of view, or set the scale."
+        )
+
+
+def prepare_inputs(
+    lr,
+    hr,
+    time_model: TimeModel,
+    normalization: NormalizationConfig = NormalizationConfig(),
+    hr_full_rate: bool = False,
+    match_intensity: bool = True,
+) -> FusionInputs:
+    """Open, check and normalize an LR stack and an HR stack.
+
+    Parameters
+    ----------
+    lr, hr : str, Path or array_like
+        A multi-page TIFF, a folder of TIFF frames, or an array ``(frames, y, x)``.
+    time_model : TimeModel
+        Keyframe spacing and offset, LR separation, scale.
+    normalization : NormalizationConfig
+        Percentiles and sampling of the normalization.
+    hr_full_rate : bool
+        The HR stack has a frame at every LR time (a simulation): keep every
+        ``spacing``-th frame from ``offset`` as the keyframes.
+    match_intensity : bool
+        Map the LR stack into the HR stack's normalized units using the frames both
+        cameras took at the same time (:func:`~napari_xfusion.normalize.match_normalization`);
+        with False, or when that fit fails, each stack gets the paper's own percentile
+        normalization.
+
+    Returns
+    -------
+    FusionInputs
+    """
+    lr_raw = read_stack(lr, name="LR stack")
+    hr_raw = read_stack(hr, name="HR stack")
+    if hr_full_rate:
+        if len(hr_raw) != len(lr_raw):
+            raise ValueError(
+                f"a full-rate HR stack must have one frame per LR frame ({len(lr_raw)}), "
+                f"but it has {len(hr_raw)}: untick 'full rate' if it holds keyframes only."
+            )
+        count = keyframe_count(len(lr_raw), time_model)
+        stop = time_model.offset + (count - 1) * time_model.spacing + 1
+        hr_raw = hr_raw[time_model.offset : stop : time_model.spacing]
+    check_sizes(lr_raw.shape, hr_raw.shape, time_model.scale)
+    timeline = Timeline(len(lr_raw), len(hr_raw), time_model)
+    hr_norm = fit_normalization(hr_raw, normalization)
+    lr_norm = None
+    if match_intensity:
+        times = timeline.keyframe_times
+        pairs = [(int(t), j) for j, t in enumerate(times) if 0 <= t < timeline.n_lr]
+        lr_norm = match_normalization(
+            lr_raw, hr_raw, hr_norm, pairs, time_model.scale, normalization
+        )
+    if lr_norm is None:
+        lr_norm = fit_normalization(lr_raw, normalization)
+    return FusionInputs(
+        lr=lr_norm.apply(lr_raw),
+        hr=hr_norm.apply(hr_raw),
+        timeline=timeline,
+        lr_norm=lr_norm,
+        hr_norm=hr_norm,
+    )
+
+
+@dataclass
+class FusionResult:
+    """What :func:`fuse_to_file` wrote."""
+
+    path: Path
+    frames: int
+    seconds: float
+    attention_path: Path | None
+
+
+def fuse_to_file(
+    inputs: FusionInputs,
+    method: FusionMethod,
+    output: str | Path,
+    overwrite: bool = False,
+    frames: Iterable[int] | None = None,
+    progress: ProgressCallback | None = None,
+    metadata: dict | None = None,
+) -> FusionResult:
+    """Fuse and stream every frame to ``output`` (BigTIFF ``.tif`` or ``.zarr``).
+
+    Frames are written in the HR stack's units and dtype as they are made, so memory use
+    does not grow with the sequence length. The output only appears under its name once
+    every frame is written; an interrupted run leaves a file marked ``.incomplete``.
+    Neural methods also save their attention scores to ``<stem>.attention.csv``.
+
+    Parameters
+    ----------
+    inputs : FusionInputs
+    method : FusionMethod
+    output : str or Path
+    overwrite : bool
+        Replace an existing output.
+    frames : iterable of int, optional
+        LR times to fuse (default: all).
+    progress : callable, optional
+        ``progress(done, total)``.
+    metadata : dict, optional
+        Extra entries stored in the output's metadata.
+
+    Returns
+    -------
+    FusionResult
+    """
+    output = check_output_path(output, overwrite=overwrite)
+    times = list(range(inputs.timeline.n_lr)) if frames is None else [int(t) for t in frames]
+    n_lr, height, width = inputs.lr.shape
+    scale = inputs.timeline.model.scale
+    info = {
+        "method": method.name,
+        "time_model": asdict(inputs.timeline.model),
+        "frames": times if frames is not None else None,
+        "keyframe_mask": inputs.timeline.keyframe_mask()[times].astype(int).tolist(),
+        **(metadata or {}),
+    }
+    log = AttentionLog()
+    start = time.perf_counter()
+    with open_writer(
+        output,
+        frame_shape=(scale * height, scale * width),
+        dtype=np.dtype(inputs.hr_norm.dtype),
+        n_frames=len(times),
+        overwrite=overwrite,
+        metadata={"napari_xfusion": json.dumps(info)},
+    ) as writer:
+        for frame in method.fuse(inputs.lr, inputs.hr, inputs.timeline, times, progress):
+            writer.write(inputs.hr_norm.invert(frame.image))
+            log.add(frame)
+    attention_path = None
+    if len(log):
+        attention_path = attention_csv_path(output)
+        partial = attention_path.with_suffix(".csv.incomplete")
+        log.write_csv(partial)
+        partial.replace(attention_path)
+    return FusionResult(output, len(times), time.perf_counter() - start, attention_path)
+
+
+def simulate_to_files(
+    hr_full,
+    out_dir: str | Path,
+    time_model: TimeModel,
+    noise: NoiseConfig = NoiseConfig(),
+    normalization: NormalizationConfig = NormalizationConfig(),
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Path]:
+    """The paper's numerical experiment from a full-rate HR stack, streamed to files.
+
+    Each HR frame is normalized to [0, 1], binned ``scale x scale`` into an LR frame (with
+    Poisson noise if asked) and kept as a keyframe every ``spacing`` frames from ``offset``.
+    Frames are processed one at a time, so stacks of any length fit in memory.
+
+    Parameters
+    ----------
+    hr_full : str, Path or array_like
+        Full-rate HR stack ``(N, H, W)``; ``H`` and ``W`` multiples of the scale.
+    out_dir : str or Path
+        Folder for ``lr.tif``, ``hr_keyframes.tif`` and ``truth.tif`` (float32 in [0, 1]).
+    time_model : TimeModel
+    noise : NoiseConfig
+    normalization : NormalizationConfig
+    overwrite : bool
+    progress : callable, optional
+
+    Returns
+    -------
+    dict of str to Path
+        ``{"LR stack": ..., "HR keyframes": ..., "ground truth": ...}``.
+    """
+    hr = read_stack(hr_full, name="HR stack")
+    n, height, width = hr.shape
+    s = time_model.scale
+    if height % s or width % s:
+        raise ValueError(
+            f"HR frames of {height}x{width} cannot be binned {s}x{s}: crop them to "
+            f"{height - height % s}x{width - width % s} first."
+        )
+    count = keyframe_count(n, time_model)
+    Timeline(n, count, time_model)  # refuses settings that cannot bracket the frames
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} does not exist: create it first.")
+    paths = {
+        "LR stack": check_output_path(out_dir / "lr.tif", overwrite),
+        "HR keyframes": check_output_path(out_dir / "hr_keyframes.tif", overwrite),
+        "ground truth": check_output_path(out_dir / "truth.tif", overwrite),
+    }
+    norm = fit_normalization(hr, normalization)
+    truth = MappedFrames(hr, norm.apply)
+    lr_clean = MappedFrames(truth, lambda frame: bin_frames(frame, s))
+    b0 = noise_b0(lr_clean, noise)
+    info = {"napari_xfusion": json.dumps({"time_model": asdict(time_model), "b0": b0})}
+    key_times = set(range(time_model.offset, n, time_model.spacing)[:count])
+    with contextlib.ExitStack() as stack:
+        lr_w, key_w, truth_w = (
+            stack.enter_context(
+                open_writer(path, shape, np.float32, n_frames=frames, overwrite=overwrite, metadata=info)
+            )
+            for path, shape, frames in (
+                (paths["LR stack"], (height // s, width // s), n),
+                (paths["HR keyframes"], (height, width), count),
+                (paths["ground truth"], (height, width), n),
+            )
+        )
+        for i in range(n):
+            frame = truth[i]
+            clean = bin_frames(frame, s)
+            lr_w.write(clean if b0 is None else noisy_frame(clean, i, b0, noise.seed))
+            truth_w.write(frame)
+            if i in key_times:
+                key_w.write(frame)
+            if progress is not None:
+                progress(i + 1, n)
+    return paths

@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+import tifffile
+
+from napari_xfusion.config import NoiseConfig, TimeModel
+from napari_xfusion.simulate import simulate_experiment
+from napari_xfusion.synthetic import synthetic_lpbf
+
+
+@pytest.fixture(scope="session")
+def small_experiment():
+    """A short simulated experiment: 16 frames, HR 64x96, keyframes every 5 frames."""
+    truth = synthetic_lpbf(n_frames=16, height=64, width=96, seed=3)
+    return simulate_experiment(truth, TimeModel(spacing=5), NoiseConfig())
+
+
+@pytest.fixture
+def stack_files(tmp_path, small_experiment):
+    """The small experiment as uint16 TIFFs, the way a camera would write them."""
+    exp = small_experiment
+    lr = tmp_path / "lr.tif"
+    hr = tmp_path / "hr.tif"
+    truth = tmp_path / "truth.tif"
+    tifffile.imwrite(lr, (exp.lr * 4000 + 100).astype(np.uint16), photometric="minisblack")
+    tifffile.imwrite(hr, (exp.hr * 60000).astype(np.uint16), photometric="minisblack")
+    tifffile.imwrite(truth, (exp.truth * 60000).astype(np.uint16), photometric="minisblack")
+    return lr, hr, truth

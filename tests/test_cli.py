@@ -1,0 +1,163 @@
+"""End-to-end runs of the ``xfusion`` command line and its refusals of bad input."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_xfusion.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_works_without_configuration(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "fuse" in capsys.readouterr().out
+    for command in ("fuse", "simulate", "evaluate", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "usage: xfusion " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["bicubic", "transfer", "bayes"])
+def test_fuse_then_evaluate(tmp_path, capsys, stack_files, method):
+    lr, hr, truth = stack_files
+    out = tmp_path / f"fused_{method}.tif"
+    code, stdout, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--method", method)
+    assert code == 0, err
+    fused = tifffile.imread(out)
+    assert fused.shape == (16, 64, 96) and fused.dtype == np.uint16
+    code, stdout, err = run(capsys, "evaluate", out, truth, "--csv", tmp_path / "m.csv")
+    assert code == 0, err
+    assert "unseen frames" in stdout
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert len(rows) == 17
+    # Keyframe flags come from the fused file's metadata: frames 0, 5, 10, 15.
+    flags = [int(r.split(",")[1]) for r in rows[1:]]
+    assert [i for i, f in enumerate(flags) if f] == [0, 5, 10, 15]
+    psnr_unseen = float(stdout.split("unseen frames")[1].split("\n")[2].split()[2])
+    assert psnr_unseen > 20
+
+
+def test_simulate_writes_experiment(tmp_path, capsys, stack_files):
+    _, _, truth = stack_files
+    out_dir = tmp_path / "sim"
+    out_dir.mkdir()
+    code, stdout, err = run(
+        capsys, "simulate", truth, "-o", out_dir, "--spacing", 4, "--noise-psnr", 35
+    )
+    assert code == 0, err
+    lr = tifffile.imread(out_dir / "lr.tif")
+    keys = tifffile.imread(out_dir / "hr_keyframes.tif")
+    full = tifffile.imread(out_dir / "truth.tif")
+    assert lr.shape == (16, 16, 24) and keys.shape == (4, 64, 96) and full.shape == (16, 64, 96)
+    np.testing.assert_array_equal(keys, full[::4])
+    clean = full.reshape(16, 16, 4, 24, 4).mean(axis=(2, 4))
+    lr_psnr = 10 * np.log10(1 / np.mean((lr - clean) ** 2))
+    assert 33 < lr_psnr < 37
+
+
+def test_existing_output_is_not_overwritten(tmp_path, capsys, stack_files):
+    lr, hr, _ = stack_files
+    out = tmp_path / "fused.tif"
+    out.write_bytes(b"precious")
+    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5)
+    assert code == 2 and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--overwrite", "--method", "bicubic")
+    assert code == 0, err
+    assert tifffile.imread(out).shape == (16, 64, 96)
+
+
+def _no_outputs(directory, keep):
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize(
+    "make_case, message",
+    [
+        ("scale", "4 times the LR size"),
+        ("two_d", "2-D image"),
+        ("rgb", "grayscale"),
+        ("nan", "NaN"),
+        ("corrupt", "TIFF"),
+        ("empty", "empty"),
+        ("spacing", "outside the LR sequence"),
+        ("separation", "choose r <="),
+        ("one_keyframe", "at least 2 HR keyframes"),
+        ("bad_dir", "does not exist"),
+    ],
+)
+def test_bad_input_gets_one_clear_message_and_no_output(tmp_path, capsys, stack_files, make_case, message):
+    lr, hr, _ = stack_files
+    lr_arr, hr_arr = tifffile.imread(lr), tifffile.imread(hr)
+    args = ["--spacing", 5]
+    out = tmp_path / "out.tif"
+    bad = tmp_path / "bad.tif"
+    if make_case == "scale":
+        tifffile.imwrite(bad, hr_arr[:, :, :80])
+        hr = bad
+    elif make_case == "two_d":
+        tifffile.imwrite(bad, lr_arr[0])
+        lr = bad
+    elif make_case == "rgb":
+        tifffile.imwrite(bad, np.zeros((16, 24, 3), np.uint8), photometric="rgb")
+        lr = bad
+    elif make_case == "nan":
+        arr = lr_arr.astype(np.float32)
+        arr[7, 3, 3] = np.nan
+        tifffile.imwrite(bad, arr)
+        lr = bad
+    elif make_case == "corrupt":
+        bad.write_bytes(lr.read_bytes()[:300])
+        lr = bad
+    elif make_case == "empty":
+        bad.write_bytes(b"")
+        lr = bad
+    elif make_case == "spacing":
+        args = ["--spacing", 5, "--offset", 40]
+    elif make_case == "separation":
+        args = ["--spacing", 5, "--separation", 16]
+    elif make_case == "one_keyframe":
+        tifffile.imwrite(bad, hr_arr[:1])
+        hr = bad
+    elif make_case == "bad_dir":
+        out = tmp_path / "missing" / "out.tif"
+    before = set(p.name for p in tmp_path.iterdir())
+    code, stdout, err = run(capsys, "fuse", lr, hr, "-o", out, *args, "--method", "transfer")
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert set(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_simulate_refuses_settings_that_do_not_fit(tmp_path, capsys, stack_files):
+    _, _, truth = stack_files
+    out_dir = tmp_path / "sim"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "simulate", truth, "-o", out_dir, "--spacing", 20)
+    assert code == 2 and "at least 2 HR keyframes" in err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_neural_method_without_weights_is_refused(tmp_path, capsys, stack_files):
+    lr, hr, _ = stack_files
+    missing = tmp_path / "nothing.safetensors"
+    code, _, err = run(capsys, "fuse", lr, hr, "-o", tmp_path / "o.tif", "--spacing", 5,
+                       "--method", "stf", "--weights", missing)
+    assert code == 2 and "nothing.safetensors" in err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_demo_runs_and_reports(tmp_path, capsys):
+    code, stdout, err = run(capsys, "demo", "-o", tmp_path / "demo", "--frames", 12,
+                            "--methods", "bicubic", "transfer")
+    assert code == 0, err
+    assert "Bicubic" in stdout or "bicubic" in stdout
+    assert (tmp_path / "demo" / "fused_transfer.tif").exists()
+    assert tifffile.imread(tmp_path / "demo" / "truth.tif").shape[0] == 12

@@ -1,0 +1,178 @@
+"""The tiled streaming engine: tiles match whole frames, padding, streaming, OOM recovery."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
+from napari_xfusion.engine import Engine, resolve_device
+from napari_xfusion.fusion import create_method
+from napari_xfusion.metrics import psnr
+from napari_xfusion.models import WeightsError, build_model
+from napari_xfusion.timeline import Timeline
+
+
+def tiny(arch="stf", seed=0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig.preset("tiny", arch=arch))
+    # Random weights give a near-bilinear output; strengthen the learned residual so that
+    # the tests see the network's own (context-dependent) contribution.
+    with torch.no_grad():
+        model.conv_last.weight.mul_(5.0)
+    return model
+
+
+def textured(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / 7.0
+    base = 0.5 + 0.2 * np.sin(x) * np.cos(0.7 * y)
+    return np.clip(base + 0.1 * rng.random((h, w)), 0, 1).astype(np.float32)
+
+
+def inputs(h=40, w=56, seed=0):
+    lr = np.stack([textured(h, w, seed + i) for i in range(3)])
+    hr = np.stack([textured(4 * h, 4 * w, seed + 10 + i) for i in range(2)])
+    return lr, hr
+
+
+def test_tiled_output_matches_whole_frame():
+    model = tiny()
+    lr, hr = inputs(96, 128)
+    whole, att_whole = Engine(model, EngineConfig(tile=0, device="cpu")).fuse_frame(lr, hr)
+    tiled, att_tiled = Engine(model, EngineConfig(tile=48, overlap=16, batch=3, device="cpu")).fuse_frame(lr, hr)
+    assert whole.shape == tiled.shape == (384, 512)
+    # The residual is a real, context-dependent signal, not just the bilinear base.
+    base = torch.nn.functional.interpolate(torch.from_numpy(lr[1][None, None]), scale_factor=4,
+                                           mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert psnr(whole, np.clip(base, 0, 1)) < 30
+    assert psnr(tiled, whole) > 50
+    np.testing.assert_allclose(att_tiled, att_whole, rtol=0.05, atol=0.05)
+
+
+def test_no_seam_on_a_ramp():
+    model = tiny(seed=1)
+    h, w = 32, 96
+    ramp = np.tile(np.linspace(0.1, 0.9, w, dtype=np.float32), (h, 1))
+    lr = np.stack([ramp] * 3)
+    hr_ramp = np.tile(np.linspace(0.1, 0.9, 4 * w, dtype=np.float32), (4 * h, 1))
+    hr = np.stack([hr_ramp] * 2)
+    engine = Engine(model, EngineConfig(tile=32, overlap=8, device="cpu"))
+    tiled, _ = engine.fuse_frame(lr, hr)
+    whole, _ = Engine(model, EngineConfig(tile=0, device="cpu")).fuse_frame(lr, hr)
+    # Along x the tiled output must be as smooth as the whole-frame output everywhere,
+    # tile boundaries included.
+    rough_tiled = np.abs(np.diff(tiled[8:-8], n=2, axis=1)).max()
+    rough_whole = np.abs(np.diff(whole[8:-8], n=2, axis=1)).max()
+    assert rough_tiled < rough_whole + 2e-3
+    assert np.abs(tiled - whole).max() < 5e-3
+
+
+def test_pads_sizes_that_are_not_multiples_of_four():
+    model = tiny()
+    lr, hr = inputs(30, 45)
+    out, att = Engine(model, EngineConfig(tile=0, device="cpu")).fuse_frame(lr, hr)
+    assert out.shape == (120, 180) and att.shape == (5,)
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    tiled, _ = Engine(model, EngineConfig(tile=24, overlap=8, device="cpu")).fuse_frame(lr, hr)
+    assert tiled.shape == (120, 180)
+    assert psnr(tiled, out) > 40
+
+
+def test_rejects_mismatched_hr_size():
+    lr, hr = inputs(32, 32)
+    with pytest.raises(ValueError, match="4 times the LR size"):
+        Engine(tiny(), EngineConfig(device="cpu")).fuse_frame(lr, hr[:, :100])
+
+
+class CountingStack:
+    def __init__(self, array):
+        self.array = array
+        self.reads = []
+        self.shape = array.shape
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, i):
+        self.reads.append(i)
+        return self.array[i]
+
+
+def test_run_streams_frames_reading_each_input_once():
+    model = tiny()
+    n = 9
+    lr_arr = np.stack([textured(16, 16, i) for i in range(n)])
+    hr_arr = np.stack([textured(64, 64, 100 + i) for i in range(3)])
+    lr, hr = CountingStack(lr_arr), CountingStack(hr_arr)
+    timeline = Timeline(n, 3, TimeModel(spacing=4, separation=2))
+    progress = []
+    frames = list(
+        Engine(model, EngineConfig(tile=0, device="cpu")).run(
+            lr, hr, timeline, progress=lambda d, t: progress.append((d, t))
+        )
+    )
+    assert [f.t for f in frames] == list(range(n))
+    assert [f.is_keyframe for f in frames] == [t in (0, 4, 8) for t in range(n)]
+    assert all(f.attention.shape == (5,) and f.image.shape == (64, 64) for f in frames)
+    assert sorted(lr.reads) == list(range(n))
+    assert sorted(hr.reads) == [0, 1, 2]
+    assert progress[-1] == (n, n)
+
+
+def test_out_of_memory_halves_tiles_and_retries(monkeypatch, caplog):
+    model = tiny()
+    engine = Engine(model, EngineConfig(tile=64, overlap=8, device="cpu"))
+    lr, hr = inputs(64, 64)
+    expected, _ = Engine(model, EngineConfig(tile=0, device="cpu")).fuse_frame(lr, hr)
+    real = engine._run_batch
+    calls = {"n": 0}
+
+    def flaky(lr_tiles, hr_tiles):
+        calls["n"] += 1
+        if lr_tiles.shape[-1] > 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(lr_tiles, hr_tiles)
+
+    monkeypatch.setattr(engine, "_run_batch", flaky)
+    with caplog.at_level(logging.WARNING, logger="napari_xfusion.engine"):
+        out, _ = engine.fuse_frame(lr, hr)
+    assert engine.tile == 32 and engine.oom_retries == 1
+    assert "out of GPU memory" in caplog.text
+    assert psnr(out, expected) > 40
+
+
+def test_edvr_attention_has_three_scores_and_ignores_hr():
+    model = tiny("edvr")
+    engine = Engine(model, EngineConfig(tile=0, device="cpu"))
+    lr, hr = inputs(16, 16)
+    out_a, att = engine.fuse_frame(lr, hr)
+    out_b, _ = engine.fuse_frame(lr, np.zeros_like(hr))
+    assert att.shape == (3,)
+    np.testing.assert_array_equal(out_a, out_b)
+
+
+def test_neural_methods_through_registry():
+    timeline = Timeline(4, 2, TimeModel(spacing=3))
+    lr = np.stack([textured(16, 16, i) for i in range(4)])
+    hr = np.stack([textured(64, 64, 10 + i) for i in range(2)])
+    method = create_method("stf", model=tiny(), engine=EngineConfig(device="cpu", tile=0))
+    frames = list(method.fuse(lr, hr, timeline))
+    assert len(frames) == 4 and frames[0].attention.shape == (5,)
+    with pytest.raises(WeightsError, match="architecture"):
+        create_method("edvr", model=tiny("stf"))
+    with pytest.raises(ValueError, match="scale"):
+        list(method.fuse(lr, hr, Timeline(4, 2, TimeModel(spacing=3, scale=2))))
+
+
+def test_device_selection():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="precision"):
+        EngineConfig(precision="fp8")
+    with pytest.raises(ValueError, match="half the tile"):
+        EngineConfig(tile=16, overlap=8)

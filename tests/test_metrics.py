@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from napari_xfusion import metrics
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(0)
+    truth = rng.random((40, 50))
+    estimate = np.clip(truth + rng.normal(0, 0.05, truth.shape), 0, 1)
+    return estimate, truth
+
+
+def test_psnr_known_value():
+    a = np.zeros((4, 4))
+    b = np.full((4, 4), 0.1)
+    assert metrics.psnr(a, b) == pytest.approx(20.0)
+    assert metrics.psnr(a, a) == float("inf")
+
+
+def test_aad_known_value():
+    assert metrics.aad(np.zeros((3, 3)), np.full((3, 3), 0.25)) == pytest.approx(0.25)
+
+
+def test_ssim_matches_reference_definition(pair):
+    estimate, truth = pair
+    ours = metrics.ssim(estimate, truth)
+    # scikit-image averages over the whole frame, ours away from the truncated border.
+    s_map = structural_similarity(
+        estimate, truth, data_range=1.0, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False, full=True,
+    )[1]
+    assert ours == pytest.approx(s_map[5:-5, 5:-5].mean(), abs=1e-6)
+    assert metrics.ssim(truth, truth) == pytest.approx(1.0)
+    assert ours < 0.99
+
+
+def test_shape_mismatch():
+    with pytest.raises(ValueError, match="shapes"):
+        metrics.psnr(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+def test_evaluate_separates_unseen_frames():
+    rng = np.random.default_rng(1)
+    truth = rng.random((6, 16, 16)).astype(np.float32)
+    fused = truth.copy()
+    fused[1] += 0.1  # the only unseen frame with an error
+    mask = np.array([True, False, False, True, False, False])
+    ev = metrics.evaluate(fused, truth, mask)
+    summary = ev.summary()
+    assert summary["all"]["frames"] == 6 and summary["unseen"]["frames"] == 4
+    assert summary["unseen"]["psnr_mean"] == pytest.approx(20.0, abs=1e-4)
+    assert summary["unseen"]["aad_mean"] == pytest.approx(0.025, abs=1e-6)
+    assert summary["all"]["ssim_median"] == pytest.approx(1.0)
+
+
+def test_evaluate_subset_and_csv(tmp_path):
+    truth = np.zeros((5, 8, 8))
+    ev = metrics.evaluate([truth[2] + 0.1, truth[4]], truth, np.zeros(5, bool), frames=[2, 4])
+    assert ev.frames == [2, 4]
+    path = tmp_path / "m.csv"
+    ev.write_csv(path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "frame,keyframe,psnr,aad,ssim"
+    assert lines[1].startswith("2,0,20")
+    with pytest.raises(ValueError, match="no ground-truth"):
+        metrics.evaluate([truth[0]], truth, np.zeros(5, bool), frames=[7])
+
+
+def test_lr_psnr():
+    clean = np.full((2, 4, 4), 0.5)
+    assert metrics.lr_psnr(clean + 0.01, clean) == pytest.approx(40.0)
