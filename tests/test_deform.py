@@ -68,7 +68,8 @@ def _random_case(seed=0, groups=1, offset_groups=2, stride=1, padding=1, dilatio
     w_out = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
     input = torch.randn(b, c, h, w, generator=gen)
     # Offsets up to +-3 px push many taps past the border, so the zero rule is exercised.
-    offset = (torch.rand(b, 2 * offset_groups * k * k, h_out, w_out, generator=gen) - 0.5) * 2 * scale
+    offset = torch.rand(b, 2 * offset_groups * k * k, h_out, w_out, generator=gen)
+    offset = (offset - 0.5) * 2 * scale
     mask = torch.rand(b, offset_groups * k * k, h_out, w_out, generator=gen)
     weight = torch.randn(c_out, c // groups, k, k, generator=gen)
     bias = torch.randn(c_out, generator=gen)
@@ -83,7 +84,9 @@ def test_pure_matches_loop_reference(groups, stride, padding, dilation):
     input, offset, weight, bias, mask = _random_case(
         groups=groups, stride=stride, padding=padding, dilation=dilation
     )
-    out = deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, backend="torch")
+    out = deform_conv2d(
+        input, offset, weight, bias, stride, padding, dilation, mask, backend="torch"
+    )
     ref = _reference(input, offset, weight, bias, stride, padding, dilation, mask)
     assert out.shape == ref.shape
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
@@ -96,7 +99,9 @@ def test_pure_without_mask_is_dcn_v1():
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (1, 0, 1)])
+@pytest.mark.parametrize(
+    "stride, padding, dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (1, 0, 1)]
+)
 def test_zero_offsets_unit_mask_is_plain_conv(stride, padding, dilation):
     gen = torch.Generator().manual_seed(2)
     input = torch.randn(2, 6, 9, 11, generator=gen)
@@ -106,7 +111,9 @@ def test_zero_offsets_unit_mask_is_plain_conv(stride, padding, dilation):
     h_out, w_out = expected.shape[2:]
     offset = torch.zeros(2, 2 * 3 * 9, h_out, w_out)
     mask = torch.ones(2, 3 * 9, h_out, w_out)
-    out = deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask, backend="torch")
+    out = deform_conv2d(
+        input, offset, weight, bias, stride, padding, dilation, mask, backend="torch"
+    )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -330,6 +330,15 @@ def test_error_mid_write_keeps_incomplete_file(tmp_path, suffix):
         assert tifffile.imread(partial).shape == (2, 8, 6)
 
 
+def test_bad_input_mid_write_leaves_nothing(tmp_path):
+    # A ValueError means the input was bad: the partial result is worthless.
+    with pytest.raises(ValueError, match="NaN"):
+        with open_writer(tmp_path / "r.tif", (8, 6), np.uint16, n_frames=5) as w:
+            w.write(ramp()[0])
+            raise ValueError("LR stack frame 3 contains NaN values")
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_error_before_first_frame_leaves_nothing(tmp_path, suffix):
     with pytest.raises(KeyboardInterrupt):

@@ -13,7 +13,8 @@ from napari_xfusion.models.arch import DCNv2Pack
 
 def _inputs(b=1, h=8, w=12, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 3, 1, h, w, generator=gen), torch.rand(b, 2, 1, 4 * h, 4 * w, generator=gen)
+    lr = torch.rand(b, 3, 1, h, w, generator=gen)
+    return lr, torch.rand(b, 2, 1, 4 * h, 4 * w, generator=gen)
 
 
 def _tiny(arch="stf", seed=0, offsets=0.0):

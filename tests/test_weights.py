@@ -63,10 +63,12 @@ def test_wrong_architecture(tmp_path):
         load_weights(path, arch="stf")
     # A file whose tensors do not match its stated config names the offending keys.
     state = {k: v.contiguous() for k, v in _model("edvr").state_dict().items()}
-    meta = read_metadata(path) | {"model_config": json.dumps(ModelConfig.preset("tiny", "stf").to_dict())}
+    stf_config = json.dumps(ModelConfig.preset("tiny", "stf").to_dict())
+    meta = read_metadata(path) | {"model_config": stf_config}
     bad = tmp_path / "mismatch.safetensors"
     save_file(state, str(bad), metadata=meta)
-    with pytest.raises(WeightsError, match=r"missing hr_feature\.conv1\.weight.*shape mismatch for fusion\.feat_fusion"):
+    names = r"missing hr_feature\.conv1\.weight.*shape mismatch for fusion\.feat_fusion"
+    with pytest.raises(WeightsError, match=names):
         load_weights(bad)
 
 
@@ -165,3 +167,12 @@ def test_bundled_weights_path(tmp_path):
             load_weights(path)
     with pytest.raises(ValueError, match="unknown architecture"):
         bundled_weights_path("srcnn")
+
+
+def test_half_precision_file_loads_into_a_float32_network(tmp_path):
+    model = _model()
+    path = save_weights(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    loaded = load_weights(path)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a.half().float(), atol=0, rtol=0, msg=name)

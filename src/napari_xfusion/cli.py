@@ -162,6 +162,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_weights(args: argparse.Namespace) -> int:
+    from .config import ModelConfig
+    from .models.weights import convert_pth
+
+    config = ModelConfig.preset(args.preset, arch=args.arch)
+    path = convert_pth(args.src, args.dst, config)
+    print(f"wrote {path} ({args.arch}, preset {args.preset})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .config import TrainConfig
+    from .train import train
+
+    config = replace(
+        TrainConfig(),
+        preset=args.preset, arch=args.arch, iterations=args.iterations,
+        batch_size=args.batch_size, seed=args.seed, device=args.device,
+        out_dir=args.out_dir, data_file=args.data_file, real_dir=args.real_dir,
+        max_minutes=args.max_minutes,
+    )
+    path = train(config, resume=not args.restart)
+    print(f"weights: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``xfusion`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -233,6 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", help="methods to run (default: all that can run)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "train",
+        help="train EDVR-STF or EDVR (continues the run in --out-dir if there is one)",
+    )
+    p.add_argument("--out-dir", "-o", default="xfusion-training", help="checkpoints, logs, weights")
+    p.add_argument("--arch", default="stf", choices=["stf", "edvr"])
+    p.add_argument("--preset", default="default", help="network size: default, paper or tiny")
+    p.add_argument("--iterations", type=int, default=20000, help="optimizer steps of the whole run")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-file", help=".npz of sequences from scripts/build_training_data.py")
+    p.add_argument("--real-dir", help="folder of .npy/.tif full-rate HR sequences to train on")
+    p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "convert-weights",
+        help="convert a PyTorch .pth checkpoint (e.g. from the paper's code) to a weights file",
+    )
+    p.add_argument("src", help=".pth checkpoint (loaded with weights_only=True: no code runs)")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--arch", default="stf", choices=["stf", "edvr"])
+    p.add_argument("--preset", default="paper", help="network size of the checkpoint (default paper)")
+    p.set_defaults(func=cmd_convert_weights)
     return parser
 
 

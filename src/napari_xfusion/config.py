@@ -133,8 +133,8 @@ class EngineConfig:
     precision : str
         ``"auto"`` (bf16 autocast on CUDA where supported, fp32 on CPU), ``"fp32"``,
         ``"bf16"`` or ``"fp16"``.
-    channels_last : bool or None
-        Channels-last memory format; None means on CUDA only.
+    channels_last : bool
+        Channels-last memory format for the network (faster on both CPUs and GPUs).
     """
 
     device: str = "auto"
@@ -142,7 +142,7 @@ class EngineConfig:
     overlap: int = 16
     batch: int = 4
     precision: str = "auto"
-    channels_last: bool | None = None
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         _require(
@@ -237,7 +237,9 @@ class ModelConfig:
         Missing keys take their defaults.
         """
         if not isinstance(data, dict):
-            raise ValueError(f"a model config must be a dict of settings, got {type(data).__name__}.")
+            raise ValueError(
+                f"a model config must be a dict of settings, got {type(data).__name__}."
+            )
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         _require(
             not unknown,
@@ -358,8 +360,9 @@ class TrainConfig:
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     precision : str
         ``"auto"`` (bf16 autocast on CUDA, fp32 on the CPU), ``"fp32"`` or ``"bf16"``.
-    channels_last : bool, optional
-        Channels-last memory format; None means on CUDA only.
+    channels_last : bool
+        Channels-last memory format for the network (a few percent faster on GPUs and
+        CPUs alike).
     max_minutes : float, optional
         Wall-clock budget of one call; training stops cleanly with a checkpoint when it is
         spent and continues from there on the next call.
@@ -367,11 +370,14 @@ class TrainConfig:
         Folder of the checkpoint, logs and weights.
     loader_threads : int
         Threads that cut the next batches while the current one trains.
+    init_weights : str, optional
+        A weights file of the same network to start from (transfer learning) instead of
+        random initial weights.
     """
 
     preset: str = "default"
     arch: str = "stf"
-    iterations: int = 20000
+    iterations: int = 24000
     batch_size: int = 16
     lr_crop: int = 64
     learning_rate: float = 1e-4
@@ -400,10 +406,11 @@ class TrainConfig:
     log_every: int = 100
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool | None = None
+    channels_last: bool = True
     max_minutes: float | None = None
     out_dir: str = "xfusion-train"
     loader_threads: int = 4
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         # Tuples come back from JSON as lists; store them as tuples so configs compare equal.
@@ -450,7 +457,9 @@ class TrainConfig:
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"betas must be two numbers in [0, 1), got {self.betas!r}.",
         )
-        _require(self.charbonnier_eps > 0, f"charbonnier_eps must be > 0, got {self.charbonnier_eps}.")
+        _require(
+            self.charbonnier_eps > 0, f"charbonnier_eps must be > 0, got {self.charbonnier_eps}."
+        )
         for name in ("real_fraction", "keyframe_fraction", "outside_fraction",
                      "noise_free_fraction", "motion_crop_fraction"):
             value = getattr(self, name)

@@ -109,10 +109,7 @@ class Engine:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = autocast_dtype(self.device, config.precision)
-        channels_last = config.channels_last
-        if channels_last is None:
-            channels_last = self.device.type == "cuda"
-        memory_format = torch.channels_last if channels_last else torch.preserve_format
+        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format).eval()
         self.scale = model.config.scale
         self.uses_hr = model.config.arch == "stf"

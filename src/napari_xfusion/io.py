@@ -695,17 +695,20 @@ class StackWriter(ABC):
             )
         _move_into_place(self._partial, self._path)
 
-    def abort(self) -> None:
-        """Stop writing, keeping what was written but not putting it at :attr:`path`.
+    def abort(self, keep: bool = True) -> None:
+        """Stop writing without putting anything at :attr:`path`.
 
-        The frames written so far stay at :attr:`partial_path`, marked incomplete; with
-        none written, the temporary is removed.
+        Parameters
+        ----------
+        keep : bool
+            Keep the frames written so far at :attr:`partial_path`, marked incomplete (with
+            none written, the temporary is removed anyway); False removes them.
         """
         if self._closed:
             return
         self._closed = True
         self._finish(complete=False)
-        if self._frames_written == 0:
+        if self._frames_written == 0 or not keep:
             _remove(self._partial)
 
     def __enter__(self) -> StackWriter:
@@ -715,7 +718,10 @@ class StackWriter(ABC):
         if exc_type is None:
             self.close()
         else:
-            self.abort()
+            # Bad input (a ValueError, such as a NaN frame) makes the partial result
+            # worthless, so nothing is left behind; after an interruption or a crash the
+            # frames already made are kept, marked incomplete.
+            self.abort(keep=not issubclass(exc_type, ValueError))
 
     def _status(self, complete: bool) -> dict:
         return {**self.metadata, "complete": complete, "frames_written": self._frames_written}

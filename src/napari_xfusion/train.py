@@ -41,7 +41,7 @@ from .baselines import bicubic_upsample
 from .config import TRAIN_RUN_SETTINGS, TrainConfig
 from .engine import resolve_device
 from .metrics import psnr
-from .models import build_model, count_parameters, save_weights
+from .models import build_model, count_parameters, load_weights, save_weights
 from .training_data import PairSampler, TrainingBatch, training_sequences, validation_batches
 
 CHECKPOINT = "checkpoint.pt"
@@ -119,14 +119,22 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     amp_dtype = _amp_dtype(config.precision, device)
-    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
     if device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
         torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(config.seed)
-    model = build_model(config.model_config()).to(device)
-    if channels_last:
+    model = build_model(config.model_config())
+    if config.init_weights:
+        start = load_weights(config.init_weights, arch=config.arch)
+        if start.config != config.model_config():
+            raise ValueError(
+                f"{config.init_weights} holds a {start.config} network, not the "
+                f"{config.model_config()} being trained: pick a matching preset and arch."
+            )
+        model.load_state_dict(start.state_dict())
+    model = model.to(device)
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, betas=config.betas
@@ -137,12 +145,17 @@ def train(
 
     iteration, elapsed_before = 0, 0.0
     checkpoint_path = out_dir / CHECKPOINT
-    if resume and checkpoint_path.exists():
+    weights = out_dir / WEIGHTS
+    if not resume:
+        # A fresh start must not leave the old run's state to be continued or mistaken
+        # for its result if this one stops before its first checkpoint.
+        checkpoint_path.unlink(missing_ok=True)
+        weights.unlink(missing_ok=True)
+    elif checkpoint_path.exists():
         iteration, elapsed_before = _load_checkpoint(
             checkpoint_path, config, model, optimizer, scheduler, device
         )
         say(f"continuing from iteration {iteration} of {config.iterations} ({checkpoint_path})")
-    weights = out_dir / WEIGHTS
     if iteration >= config.iterations and weights.exists():
         say(f"the run is already complete: {weights}")
         return weights
@@ -166,7 +179,7 @@ def train(
     budget = None if config.max_minutes is None else 60.0 * config.max_minutes
     loss_sum = torch.zeros((), device=device)
     loss_count, window_start, window_iteration = 0, time.monotonic(), iteration
-    val_psnr: float | None = None
+    val: dict[str, float] | None = None
     stopped_early = False
 
     with _Prefetcher(sampler, config, iteration) as batches:
@@ -182,7 +195,10 @@ def train(
 
             last = iteration == config.iterations
             out_of_time = budget is not None and time.monotonic() - started >= budget
-            if iteration % config.log_every == 0 or last or out_of_time:
+            log_now = iteration % config.log_every == 0 or last or out_of_time
+            save_now = iteration % config.checkpoint_every == 0 or last or out_of_time
+            if log_now or save_now:
+                # A non-finite loss leaves non-finite weights: never log on or save those.
                 mean_loss = float(loss_sum) / loss_count
                 if not math.isfinite(mean_loss):
                     raise RuntimeError(
@@ -190,6 +206,7 @@ def train(
                         f"checkpoint in {checkpoint_path} is intact: continue from it with a "
                         "lower learning_rate, or precision='fp32'."
                     )
+            if log_now:
                 now = time.monotonic()
                 speed = (iteration - window_iteration) / max(now - window_start, 1e-9)
                 row = {
@@ -199,16 +216,16 @@ def train(
                     "loss": mean_loss,
                     "learning_rate": scheduler.get_last_lr()[0],
                 }
+                val = None
                 if iteration % config.validate_every == 0 or last:
                     val = _validate(model, validation, device, amp_dtype)
-                    val_psnr = val.get("psnr")
-                    row.update(val_psnr=val_psnr, val_bicubic_psnr=bicubic.get("psnr"))
+                    row.update(val_psnr=val.get("psnr"), val_bicubic_psnr=bicubic.get("psnr"))
                     row["validation"] = val
                 log.write(row)
                 say(_progress_line(row, config.iterations, speed))
                 loss_sum.zero_()
                 loss_count, window_start, window_iteration = 0, time.monotonic(), iteration
-            if iteration % config.checkpoint_every == 0 or last or out_of_time:
+            if save_now:
                 _save_checkpoint(
                     checkpoint_path, config, model, optimizer, scheduler, iteration,
                     elapsed_before + time.monotonic() - started,
@@ -221,7 +238,8 @@ def train(
                 )
                 break
 
-    val = _validate(model, validation, device, amp_dtype)
+    if val is None:  # not validated at the final iteration yet
+        val = _validate(model, validation, device, amp_dtype)
     return _write_weights(model, out_dir, config, iteration, not stopped_early, val, metadata)
 
 
@@ -329,7 +347,8 @@ def _validate(
                 hr = batch.hr[i : i + 1].to(device) if model.config.arch == "stf" else None
                 with _autocast(device, amp_dtype):
                     out, _ = model(lr, hr)
-                value = psnr(out[0, 0].float().clamp(0, 1).cpu().numpy(), batch.target[i, 0].numpy())
+                estimate = out[0, 0].float().clamp(0, 1).cpu().numpy()
+                value = psnr(estimate, batch.target[i, 0].numpy())
                 scores["psnr"].append(value)
                 # Validation samples alternate noise-free (even) and noisy (odd).
                 scores["psnr_noisy" if i % 2 else "psnr_clean"].append(value)

@@ -5,7 +5,7 @@
 - :mod:`.weights` — safetensors weight files with the network's config in their metadata.
 """
 
-from .arch import EDVR, EDVRSTF, build_model, count_parameters
+from .arch import EDVR, EDVRSTF, FusionNetwork, build_model, count_parameters
 from .deform import deform_conv2d, resolve_backend, torchvision_available
 from .weights import (
     WeightsError,
@@ -19,6 +19,7 @@ from .weights import (
 __all__ = [
     "EDVR",
     "EDVRSTF",
+    "FusionNetwork",
     "WeightsError",
     "build_model",
     "bundled_weights_path",

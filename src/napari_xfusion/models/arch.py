@@ -210,7 +210,7 @@ class TSAFusion(nn.Module):
 
     @staticmethod
     def _pool(x: Tensor) -> Tensor:
-        """Max and average pooling (3x3, stride 2) side by side: (N, C, H, W) -> (N, 2C, H/2, W/2)."""
+        """3x3 stride-2 max and average pooling, stacked: (N, C, H, W) -> (N, 2C, H/2, W/2)."""
         return torch.cat(
             [F.max_pool2d(x, 3, 2, 1), F.avg_pool2d(x, 3, 2, 1, count_include_pad=True)], 1
         )
@@ -262,10 +262,24 @@ class HRFeatureExtractor(nn.Module):
         return F.max_pool2d(_lrelu(self.conv3(x)), 3, 2, 1)
 
 
-class _FusionNetwork(nn.Module):
-    """Shared body of EDVR and EDVR-STF: extraction, PCD, TSA, reconstruction."""
+class FusionNetwork(nn.Module):
+    """Shared body of :class:`EDVRSTF` and :class:`EDVR`.
 
-    #: Frames the network aligns and fuses.
+    Per frame: first-layer features on the LR grid, shared residual extraction and a
+    3-level pyramid; then PCD alignment of every frame to the reference, TSA fusion,
+    residual reconstruction and two x2 pixel-shuffle stages, added to the bilinear x4
+    upsampling of LR ``t``.
+
+    Attributes
+    ----------
+    config : ModelConfig
+        The network's size and architecture (stored in weight files).
+    frames : int
+        Number of frames aligned and fused (5 for EDVR-STF, 3 for EDVR).
+    deform_backend : str
+        ``"torch"`` or ``"torchvision"``, the deformable-convolution implementation in use.
+    """
+
     frames: int
 
     def __init__(self, config: ModelConfig, deform_backend: Backend = "auto") -> None:
@@ -331,9 +345,9 @@ class _FusionNetwork(nn.Module):
 
         # All frames are aligned in one batch: the reference pyramid is repeated per frame.
         levels = [x.reshape(b, t, c, *x.shape[-2:]) for x in pyramid]
+        ref = REFERENCE_INDEX
         reference = [
-            x[:, REFERENCE_INDEX : REFERENCE_INDEX + 1].expand_as(x).reshape(b * t, c, *x.shape[-2:])
-            for x in levels
+            x[:, ref : ref + 1].expand_as(x).reshape(b * t, c, *x.shape[-2:]) for x in levels
         ]
         aligned = self.pcd_align(pyramid, reference).reshape(b, t, c, h, w)
         fused, correlation = self.fusion(aligned)
@@ -383,7 +397,7 @@ class _FusionNetwork(nn.Module):
         return math.ceil(radius)
 
 
-class EDVRSTF(_FusionNetwork):
+class EDVRSTF(FusionNetwork):
     """EDVR-STF: the HR frame at time ``t`` from three LR frames and two HR keyframes.
 
     Parameters
@@ -395,6 +409,7 @@ class EDVRSTF(_FusionNetwork):
 
     Examples
     --------
+    >>> from napari_xfusion.config import ModelConfig
     >>> net = EDVRSTF(ModelConfig.preset("tiny"))
     >>> out, attention = net(torch.rand(1, 3, 1, 8, 8), torch.rand(1, 2, 1, 32, 32))
     >>> out.shape, attention.shape
@@ -450,7 +465,7 @@ class EDVRSTF(_FusionNetwork):
         return self._run(lr, hr)
 
 
-class EDVR(_FusionNetwork):
+class EDVR(FusionNetwork):
     """The EDVR baseline: the HR frame at time ``t`` from three LR frames alone.
 
     Same as :class:`EDVRSTF` without the HR branch; ``hr`` is accepted and ignored so that
@@ -492,7 +507,7 @@ class EDVR(_FusionNetwork):
         return self._run(lr, None)
 
 
-def build_model(config: ModelConfig, deform_backend: Backend = "auto") -> _FusionNetwork:
+def build_model(config: ModelConfig, deform_backend: Backend = "auto") -> FusionNetwork:
     """The network described by ``config``: :class:`EDVRSTF` or :class:`EDVR`."""
     if config.arch == "stf":
         return EDVRSTF(config, deform_backend)

@@ -120,7 +120,7 @@ def deform_conv2d(
         import torchvision.ops
 
         return torchvision.ops.deform_conv2d(
-            input, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask
+            input, offset, weight, bias, stride, padding, dilation, mask
         )
     return _deform_conv2d_torch(input, offset, weight, bias, stride, padding, dilation, mask)
 
@@ -194,7 +194,8 @@ def _deform_conv2d_torch(
     )
     b, c = input.shape[:2]
     taps = weight.shape[2] * weight.shape[3]
-    per_image = c * taps * h_out * w_out * input.element_size()
+    # Columns are sampled in float32 at least (see _deform_conv2d_chunk).
+    per_image = c * taps * h_out * w_out * max(input.element_size(), 4)
     chunk = max(1, COLUMN_BUDGET_BYTES // max(per_image, 1))
     if b > chunk:
         outputs = [
