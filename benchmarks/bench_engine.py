@@ -27,7 +27,7 @@ import torch
 from napari_xfusion.config import EngineConfig, ModelConfig
 from napari_xfusion.engine import Engine, resolve_device
 from napari_xfusion.metrics import psnr
-from napari_xfusion.models import build_model, count_parameters
+from napari_xfusion.models import build_model, bundled_weights_path, count_parameters, load_weights
 from napari_xfusion.synthetic import synthetic_lpbf
 
 
@@ -85,6 +85,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=EngineConfig.batch)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="skip the whole-frame forward")
+    parser.add_argument(
+        "--trained", action="store_true",
+        help="use the bundled trained weights for the default preset (random weights otherwise)",
+    )
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -94,7 +98,10 @@ def main() -> None:
     print(f"{'preset':8s} {'size':>10s} {'path':>16s} {'ms/frame':>10s} {'peak MB':>9s} {'PSNR vs fp32':>13s}")
     for preset in args.presets:
         torch.manual_seed(0)
-        model = build_model(ModelConfig.preset(preset)).to(device).eval()
+        if args.trained and preset == "default":
+            model = load_weights(bundled_weights_path("stf"), device=device)
+        else:
+            model = build_model(ModelConfig.preset(preset)).to(device).eval()
         params = count_parameters(model) / 1e6
         for size in args.sizes:
             height, width = (int(v) for v in size.lower().split("x"))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import EngineConfig
-from .fusion import FrameCache, FusedFrame, ProgressCallback, output_times
+from .fusion import FusedFrame, ProgressCallback, stream_frames
 from .tiling import Tile, feather_weights, tile_grid
 from .timeline import Timeline
 
@@ -186,6 +186,10 @@ class Engine:
         hr = _pad_frames(np.ascontiguousarray(hr, dtype=np.float32), s * ph, s * pw)
         H, W = lr.shape[1:]
         tiles = tile_grid(H, W, self._tile_for(H, W), self.overlap)
+        if len(tiles) == 1:
+            # Whole frame: no blending buffers to fill.
+            out, attention = self._run_batch(lr[None], hr[None])
+            return np.clip(out[0, : s * h, : s * w], 0.0, 1.0), attention[0]
         acc = np.zeros((s * H, s * W), dtype=np.float32)
         norm = np.zeros_like(acc)
         attention_sum, attention_weight = 0.0, 0.0
@@ -214,41 +218,14 @@ class Engine:
         frames: Iterable[int] | None = None,
         progress: ProgressCallback | None = None,
     ) -> Iterator[FusedFrame]:
-        """Fuse a sequence frame by frame.
-
-        Parameters
-        ----------
-        lr : array-like, shape (N, h, w)
-            LR stack in [0, 1] (numpy or dask: frames are read on demand, once per pass).
-        hr : array-like, shape (M, s*h, s*w)
-            HR keyframes in [0, 1].
-        timeline : Timeline
-            Which inputs feed each output.
-        frames : iterable of int, optional
-            Output LR times (default: all).
-        progress : callable, optional
-            ``progress(done, total)`` after each frame.
-
-        Yields
-        ------
-        FusedFrame
-            With ``attention`` set to the raw scores of the inputs.
+        """Fuse a sequence frame by frame, as :meth:`FusionMethod.fuse
+        <napari_xfusion.fusion.FusionMethod.fuse>` does; ``attention`` is set on each frame.
         """
-        times = output_times(timeline, frames)
-        lr_cache = FrameCache(lr, capacity=2 * timeline.model.separation + 2)
-        hr_cache = FrameCache(hr, capacity=3)
-        for done, t in enumerate(times, start=1):
-            inputs = timeline.inputs(t)
-            image, attention = self.fuse_frame(lr_cache.take(inputs.lr), hr_cache.take(inputs.hr))
-            yield FusedFrame(
-                t=t,
-                image=image,
-                is_keyframe=inputs.is_keyframe,
-                attention=attention,
-                hr_times=inputs.hr_times,
-            )
-            if progress is not None:
-                progress(done, len(times))
+
+        def one(lr_frames, hr_frames, inputs):
+            return self.fuse_frame(lr_frames, hr_frames)
+
+        return stream_frames(lr, hr, timeline, one, frames, progress)
 
 
 def _hr_region(tile: Tile, scale: int) -> tuple[slice, slice]:

@@ -177,21 +177,48 @@ class PerFrameMethod(FusionMethod):
         """
 
     def fuse(self, lr, hr, timeline, frames=None, progress=None):
-        times = output_times(timeline, frames)
-        r = timeline.model.separation
-        lr_cache = FrameCache(lr, capacity=2 * r + 2)
-        hr_cache = FrameCache(hr, capacity=3)
-        for done, t in enumerate(times, start=1):
-            inputs = timeline.inputs(t)
-            image = self.fuse_frame(lr_cache.take(inputs.lr), hr_cache.take(inputs.hr), inputs)
-            yield FusedFrame(
-                t=t,
-                image=np.asarray(image, dtype=np.float32),
-                is_keyframe=inputs.is_keyframe,
-                hr_times=inputs.hr_times,
-            )
-            if progress is not None:
-                progress(done, len(times))
+        def one(lr_frames, hr_frames, inputs):
+            return self.fuse_frame(lr_frames, hr_frames, inputs), None
+
+        return stream_frames(lr, hr, timeline, one, frames, progress)
+
+
+def stream_frames(
+    lr,
+    hr,
+    timeline: Timeline,
+    fuse_one: Callable[[np.ndarray, np.ndarray, FrameInputs], tuple[np.ndarray, np.ndarray | None]],
+    frames: Iterable[int] | None = None,
+    progress: ProgressCallback | None = None,
+) -> Iterator[FusedFrame]:
+    """Fuse frame after frame, reading each input frame once per pass.
+
+    Parameters
+    ----------
+    lr, hr, timeline, frames, progress
+        As for :meth:`FusionMethod.fuse`.
+    fuse_one : callable
+        ``fuse_one(lr (3, h, w), hr (2, H, W), inputs) -> (image, attention or None)``.
+
+    Yields
+    ------
+    FusedFrame
+    """
+    times = output_times(timeline, frames)
+    lr_cache = FrameCache(lr, capacity=2 * timeline.model.separation + 2)
+    hr_cache = FrameCache(hr, capacity=3)
+    for done, t in enumerate(times, start=1):
+        inputs = timeline.inputs(t)
+        image, attention = fuse_one(lr_cache.take(inputs.lr), hr_cache.take(inputs.hr), inputs)
+        yield FusedFrame(
+            t=t,
+            image=np.asarray(image, dtype=np.float32),
+            is_keyframe=inputs.is_keyframe,
+            attention=attention,
+            hr_times=inputs.hr_times,
+        )
+        if progress is not None:
+            progress(done, len(times))
 
 
 _REGISTRY: dict[str, type[FusionMethod]] = {}
