@@ -100,7 +100,7 @@ def test_bad_input_gets_one_clear_message_and_no_output(tmp_path, capsys, stack_
     out = tmp_path / "out.tif"
     bad = tmp_path / "bad.tif"
     if make_case == "scale":
-        tifffile.imwrite(bad, hr_arr[:, :, :80])
+        tifffile.imwrite(bad, hr_arr[:, :, :80], photometric="minisblack")
         hr = bad
     elif make_case == "two_d":
         tifffile.imwrite(bad, lr_arr[0])
