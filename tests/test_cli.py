@@ -161,3 +161,22 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert "Bicubic" in stdout or "bicubic" in stdout
     assert (tmp_path / "demo" / "fused_transfer.tif").exists()
     assert tifffile.imread(tmp_path / "demo" / "truth.tif").shape[0] == 12
+
+
+def test_stf_with_bundled_weights_writes_attention_scores(tmp_path, capsys, stack_files):
+    lr, hr, truth = stack_files
+    out = tmp_path / "fused_stf.tif"
+    code, stdout, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--method", "stf",
+                            "--device", "cpu")
+    assert code == 0, err
+    assert tifffile.imread(out).shape == (16, 64, 96)
+    csv_path = tmp_path / "fused_stf.attention.csv"
+    assert str(csv_path) in stdout
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    header, body = rows[0], rows[1:]
+    assert header[-2:] == ["backward", "forward"] and len(body) == 16
+    col = {name: i for i, name in enumerate(header)}
+    # At a keyframe time the normalized backward score is 1 by definition.
+    key_rows = [r for r in body if r[col["frames_after_k0"]] == "0"]
+    assert key_rows and all(float(r[col["backward"]]) == pytest.approx(1.0) for r in key_rows)
+    assert all(np.isfinite(float(r[col["hr_k1"]])) for r in body)
