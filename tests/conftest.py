@@ -7,6 +7,28 @@ from napari_xfusion.simulate import simulate_experiment
 from napari_xfusion.synthetic import synthetic_lpbf
 
 
+class CountingStack:
+    """An array-like stack that records which frames were read (by int, slice or tuple)."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype = data, data.shape, data.dtype
+        self.frames_read = []
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, key):
+        first = key[0] if isinstance(key, tuple) else key
+        self.frames_read.extend(np.atleast_1d(np.arange(len(self.data))[first]).tolist())
+        return self.data[key]
+
+
+@pytest.fixture
+def counting():
+    """The :class:`CountingStack` class, to wrap arrays whose reads a test checks."""
+    return CountingStack
+
+
 @pytest.fixture(scope="session")
 def small_experiment():
     """A short simulated experiment: 16 frames, HR 64x96, keyframes every 5 frames."""

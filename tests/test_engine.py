@@ -86,26 +86,12 @@ def test_rejects_mismatched_hr_size():
         Engine(tiny(), EngineConfig(device="cpu")).fuse_frame(lr, hr[:, :100])
 
 
-class CountingStack:
-    def __init__(self, array):
-        self.array = array
-        self.reads = []
-        self.shape = array.shape
-
-    def __len__(self):
-        return len(self.array)
-
-    def __getitem__(self, i):
-        self.reads.append(i)
-        return self.array[i]
-
-
-def test_run_streams_frames_reading_each_input_once():
+def test_run_streams_frames_reading_each_input_once(counting):
     model = tiny()
     n = 9
     lr_arr = np.stack([textured(16, 16, i) for i in range(n)])
     hr_arr = np.stack([textured(64, 64, 100 + i) for i in range(3)])
-    lr, hr = CountingStack(lr_arr), CountingStack(hr_arr)
+    lr, hr = counting(lr_arr), counting(hr_arr)
     timeline = Timeline(n, 3, TimeModel(spacing=4, separation=2))
     progress = []
     frames = list(
@@ -116,8 +102,8 @@ def test_run_streams_frames_reading_each_input_once():
     assert [f.t for f in frames] == list(range(n))
     assert [f.is_keyframe for f in frames] == [t in (0, 4, 8) for t in range(n)]
     assert all(f.attention.shape == (5,) and f.image.shape == (64, 64) for f in frames)
-    assert sorted(lr.reads) == list(range(n))
-    assert sorted(hr.reads) == [0, 1, 2]
+    assert sorted(lr.frames_read) == list(range(n))
+    assert sorted(hr.frames_read) == [0, 1, 2]
     assert progress[-1] == (n, n)
 
 

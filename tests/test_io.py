@@ -27,19 +27,6 @@ def ramp(n=5, y=8, x=6, dtype=np.uint16):
     return (a + 10 * np.arange(n)[:, None, None]).astype(dtype)
 
 
-class CountingArray:
-    """An array-like that records which frames were read."""
-
-    def __init__(self, data):
-        self.data, self.shape, self.dtype = data, data.shape, data.dtype
-        self.frames_read = []
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        self.frames_read.extend(np.arange(self.shape[0])[key[0]].ravel().tolist())
-        return self.data[key]
-
-
 # --- reading ---------------------------------------------------------------------------
 
 
@@ -154,8 +141,8 @@ def test_list_input():
     assert read_stack([[[1, 2]], [[3, 4]]]).shape == (2, 1, 2)
 
 
-def test_reading_is_lazy():
-    source = CountingArray(ramp(n=50))
+def test_reading_is_lazy(counting):
+    source = counting(ramp(n=50))
     stack = read_stack(source)
     assert source.frames_read == []
     np.testing.assert_array_equal(stack[17].compute(), source.data[17])

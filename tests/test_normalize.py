@@ -8,22 +8,6 @@ from napari_xfusion.io import read_stack
 from napari_xfusion.normalize import Normalization, fit_normalization, sample_indices
 
 
-class CountingStack:
-    """An array-like that records which frames were read (by int, slice or dask's keys)."""
-
-    def __init__(self, data):
-        self.data, self.shape, self.dtype = data, data.shape, data.dtype
-        self.frames_read = []
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, key):
-        first = key[0] if isinstance(key, tuple) else key
-        self.frames_read.extend(np.atleast_1d(np.arange(len(self.data))[first]).tolist())
-        return self.data[key]
-
-
 def camera_stack(n=12, shape=(16, 20), dtype=np.uint16, seed=0):
     rng = np.random.default_rng(seed)
     info = np.iinfo(dtype)
@@ -88,14 +72,14 @@ def test_fit_matches_the_paper_percentiles_when_every_frame_is_sampled():
     assert (norm.low, norm.high, norm.dtype) == (low, high, "uint16")
 
 
-def test_fit_reads_only_the_sampled_frames():
-    stack = CountingStack(camera_stack(n=100, shape=(4, 4)))
+def test_fit_reads_only_the_sampled_frames(counting):
+    stack = counting(camera_stack(n=100, shape=(4, 4)))
     fit_normalization(stack, NormalizationConfig(max_sample_frames=5))
     assert stack.frames_read == [0, 25, 50, 74, 99]
 
 
-def test_fit_reads_only_sampled_frames_of_a_lazy_stack():
-    source = CountingStack(camera_stack(n=40, shape=(4, 4)))
+def test_fit_reads_only_sampled_frames_of_a_lazy_stack(counting):
+    source = counting(camera_stack(n=40, shape=(4, 4)))
     stack = read_stack(source)
     fit_normalization(stack, NormalizationConfig(max_sample_frames=3))
     assert sorted(source.frames_read) == [0, 20, 39]
