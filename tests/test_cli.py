@@ -180,3 +180,22 @@ def test_stf_with_bundled_weights_writes_attention_scores(tmp_path, capsys, stac
     key_rows = [r for r in body if r[col["frames_after_k0"]] == "0"]
     assert key_rows and all(float(r[col["backward"]]) == pytest.approx(1.0) for r in key_rows)
     assert all(np.isfinite(float(r[col["hr_k1"]])) for r in body)
+
+
+def test_calibrate_reports_before_and_after(tmp_path, capsys):
+    # 21 frames with keyframes every 4: five keyframes inside, one held out for checking.
+    from napari_xfusion.config import TimeModel
+    from napari_xfusion.demo import sample_experiment
+
+    exp = sample_experiment(n_frames=21, shape=(64, 96), time_model=TimeModel(spacing=4), noise_psnr=None)
+    lr, hr = tmp_path / "lr.tif", tmp_path / "hr.tif"
+    tifffile.imwrite(lr, exp.lr, photometric="minisblack")
+    tifffile.imwrite(hr, exp.hr, photometric="minisblack")
+    out = tmp_path / "calibrated.safetensors"
+    code, stdout, err = run(capsys, "calibrate", lr, hr, "-o", out, "--spacing", 4,
+                            "--iterations", 3, "--device", "cpu")
+    assert code == 0, err
+    assert "before" in stdout and "after calibration" in stdout
+    assert out.exists()
+    code, _, err = run(capsys, "calibrate", lr, hr, "-o", tmp_path / "w.tif", "--spacing", 4)
+    assert code == 2 and ".safetensors" in err

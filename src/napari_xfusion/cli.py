@@ -190,6 +190,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+    from .config import CalibrationConfig
+    from .io import check_output_path
+    from .pipeline import prepare_inputs
+
+    out = check_output_path(args.output, overwrite=args.overwrite, suffixes=(".safetensors",))
+    config = CalibrationConfig(
+        iterations=args.iterations, max_minutes=args.max_minutes, device=args.device,
+        out=str(out),
+    )
+    inputs = prepare_inputs(args.lr, args.hr, _time_model(args), hr_full_rate=args.hr_full_rate)
+    result = calibrate(inputs.lr, inputs.hr, inputs.timeline, config, weights=args.weights)
+    print(
+        f"held-out keyframes {result.validation_keyframes}: PSNR {result.psnr_before:.2f} dB "
+        f"before, {result.psnr_after:.2f} dB after calibration (bicubic {result.bicubic_psnr:.2f} dB)"
+    )
+    verdict = "it helped: use" if result.helped else "it did not help: keep using"
+    print(f"{verdict} --weights {result.recommended}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``xfusion`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -278,6 +300,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fine-tune EDVR-STF on one experiment's own keyframes, checked on held-out keyframes",
+    )
+    p.add_argument("lr", help="LR stack: multi-page TIFF or folder of TIFF frames")
+    p.add_argument("hr", help="HR keyframes: multi-page TIFF or folder of TIFF frames")
+    p.add_argument("-o", "--output", required=True, help="fine-tuned weights file (.safetensors)")
+    _add_time_model(p)
+    p.add_argument("--hr-full-rate", action="store_true",
+                   help="the HR stack has a frame at every LR time; keep every D-th from the offset")
+    p.add_argument("--weights", help="weights to start from (default: the bundled weights)")
+    p.add_argument("--iterations", type=int, default=300, help="fine-tuning steps (default 300)")
+    p.add_argument("--max-minutes", type=float, help="stop fine-tuning after this long")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(
         "convert-weights",

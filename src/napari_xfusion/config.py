@@ -503,3 +503,90 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         """The network this run trains."""
         return ModelConfig.preset(self.preset, self.arch)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How to fine-tune a trained network on one experiment's own keyframes.
+
+    See :func:`napari_xfusion.calibrate.calibrate`.
+
+    Parameters
+    ----------
+    iterations : int
+        Optimizer steps.
+    batch_size : int
+        Samples per step.
+    lr_crop : int
+        LR crop size in pixels (multiple of 4); the HR crop is ``scale`` times larger.
+        Frames smaller than this are cropped to their own size.
+    learning_rate : float
+        Initial Adam learning rate; small, so that the shipped network is adjusted rather
+        than retrained. It decays to zero on a cosine schedule.
+    max_separation : int
+        Largest LR separation ``r`` drawn for training samples (1..this, limited by the
+        sequence length).
+    holdout_every : int
+        Every this-many-th keyframe inside the LR sequence is held out for validation
+        (at least one always is).
+    validation_crop : int or None
+        Side of the central LR crop (multiple of 4) on which validation PSNR is measured;
+        None for whole frames.
+    charbonnier_eps : float
+        Epsilon of the Charbonnier loss.
+    seed : int
+        Seed of the sample draws.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    precision : str
+        ``"auto"`` (bf16 autocast on CUDA, fp32 on the CPU), ``"fp32"`` or ``"bf16"``.
+    max_minutes : float or None
+        Wall-clock budget of the fine-tuning; it stops early when it runs out.
+    out : str or None
+        Where to write the fine-tuned weights (``.safetensors``); None to keep them in
+        memory only.
+    """
+
+    iterations: int = 300
+    batch_size: int = 4
+    lr_crop: int = 48
+    learning_rate: float = 2e-5
+    max_separation: int = 3
+    holdout_every: int = 4
+    validation_crop: int | None = None
+    charbonnier_eps: float = 1e-6
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    max_minutes: float | None = None
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "lr_crop", "max_separation", "holdout_every"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"calibration setting {name} must be a whole number >= 1, got {value!r}.",
+            )
+        _require(
+            self.lr_crop % 4 == 0,
+            f"calibration lr_crop must be a multiple of 4, got {self.lr_crop}.",
+        )
+        _require(
+            self.validation_crop is None
+            or (self.validation_crop >= 4 and self.validation_crop % 4 == 0),
+            "calibration validation_crop must be None or a multiple of 4 (>= 4), got "
+            f"{self.validation_crop!r}.",
+        )
+        _require(
+            self.learning_rate > 0,
+            f"calibration learning_rate must be > 0, got {self.learning_rate!r}.",
+        )
+        _require(
+            self.precision in ("auto", "fp32", "bf16"),
+            f"calibration precision must be one of auto, fp32, bf16; got {self.precision!r}.",
+        )
+        _require(
+            self.max_minutes is None or self.max_minutes > 0,
+            f"max_minutes must be > 0 (or None for no limit), got {self.max_minutes!r}.",
+        )

@@ -66,19 +66,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(wanted)
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for a precision setting on a device, or None for fp32."""
+def autocast_dtype(
+    device: torch.device, precision: str, allow_fp16: bool = True
+) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device, or None for fp32.
+
+    ``"auto"`` means bf16 on CUDA (fp16 on GPUs without bf16 when ``allow_fp16``; training
+    passes False, since fp16 needs loss scaling) and fp32 on the CPU.
+    """
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "fp16":
         return torch.float16
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16 if precision == "auto" else _unsupported("bf16", device)
+        if precision == "auto":
+            return torch.float16 if allow_fp16 else None
+        raise ValueError(f"bf16 is not supported on {device}; use precision fp32 or fp16.")
     return torch.bfloat16
 
 
-def _unsupported(precision: str, device: torch.device):
-    raise ValueError(f"{precision} is not supported on {device}; use precision fp32 or fp16.")
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``, or no autocast for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -118,16 +129,11 @@ class Engine:
         #: Number of times the tile size was halved after running out of GPU memory.
         self.oom_retries = 0
 
-    def _autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
     def _run_batch(self, lr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Forward ``(B, 3, t, t)`` LR and ``(B, 2, s*t, s*t)`` HR tiles; numpy outputs."""
         lr_t = torch.from_numpy(lr).to(self.device, non_blocking=True).unsqueeze(2)
         hr_t = torch.from_numpy(hr).to(self.device, non_blocking=True).unsqueeze(2)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             out, attention = self.model(lr_t, hr_t if self.uses_hr else None)
         return out[:, 0].float().cpu().numpy(), attention.float().cpu().numpy()
 

@@ -509,7 +509,9 @@ def incomplete_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.incomplete{path.suffix}")
 
 
-def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
+def check_output_path(
+    path: str | Path, overwrite: bool = False, suffixes: tuple[str, ...] | None = None
+) -> Path:
     """Check that a stack can be written to ``path``; call it before any work starts.
 
     Parameters
@@ -518,6 +520,8 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
         ``.tif``/``.tiff`` (written as BigTIFF) or ``.zarr`` (needs the optional zarr).
     overwrite : bool
         Allow replacing an existing output.
+    suffixes : tuple of str, optional
+        The file types accepted instead of stacks (e.g. ``(".safetensors",)``).
 
     Returns
     -------
@@ -532,7 +536,12 @@ def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
     """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
-    if suffix not in (*TIFF_SUFFIXES, ".zarr"):
+    if suffixes is not None:
+        if suffix not in suffixes:
+            raise StackError(
+                f"cannot write {path}: name the output {' or '.join(suffixes)}."
+            )
+    elif suffix not in (*TIFF_SUFFIXES, ".zarr"):
         raise StackError(
             f"cannot write {path}: unsupported output type {suffix or '(no suffix)'!r}; name "
             "the output .tif/.tiff (BigTIFF) or .zarr."

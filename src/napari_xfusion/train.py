@@ -23,7 +23,6 @@ Output folder::
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -39,7 +38,7 @@ import torch
 
 from .baselines import bicubic_upsample
 from .config import TRAIN_RUN_SETTINGS, TrainConfig
-from .engine import resolve_device
+from .engine import autocast, autocast_dtype, resolve_device
 from .metrics import psnr
 from .models import build_model, count_parameters, load_weights, save_weights
 from .training_data import PairSampler, TrainingBatch, training_sequences, validation_batches
@@ -118,7 +117,7 @@ def train(
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
-    amp_dtype = _amp_dtype(config.precision, device)
+    amp_dtype = autocast_dtype(device, config.precision, allow_fp16=False)
     if device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
         torch.backends.cudnn.benchmark = True
@@ -246,22 +245,6 @@ def train(
 # -- one step ----------------------------------------------------------------------------
 
 
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(
-            f"{device} does not support bf16: train with precision='fp32' on this GPU."
-        )
-    return torch.bfloat16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -271,7 +254,7 @@ def _step(
 ) -> torch.Tensor:
     hr = batch.hr if config.arch == "stf" else None
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(batch.lr.device, amp_dtype):
+    with autocast(batch.lr.device, amp_dtype):
         out, _ = model(batch.lr, hr)
     # The loss in fp32: bf16 differences of nearly equal frames would round to zero.
     loss = charbonnier(out, batch.target, config.charbonnier_eps)
@@ -345,7 +328,7 @@ def _validate(
             for i in range(batch.lr.shape[0]):
                 lr = batch.lr[i : i + 1].to(device)
                 hr = batch.hr[i : i + 1].to(device) if model.config.arch == "stf" else None
-                with _autocast(device, amp_dtype):
+                with autocast(device, amp_dtype):
                     out, _ = model(lr, hr)
                 estimate = out[0, 0].float().clamp(0, 1).cpu().numpy()
                 value = psnr(estimate, batch.target[i, 0].numpy())
