@@ -35,8 +35,9 @@ from .config import CalibrationConfig
 from .engine import autocast, autocast_dtype, resolve_device
 from .metrics import psnr
 from .models import bundled_weights_path, load_weights, save_weights
-from .timeline import Timeline
+from .timeline import Timeline, lr_indices
 from .train import charbonnier
+from .training_data import augment
 
 Progress = Callable[[str], None]
 
@@ -173,8 +174,7 @@ def _validation_samples(lr_stack, hr_stack, timeline, held_out, crop):
     samples = []
     for j in held_out:
         k = int(timeline.keyframe_time(j))
-        lr_idx = (max(k - r, 0), k, min(k + r, n_lr - 1))
-        lr = np.stack([_read(lr_stack, i, y, x, size_y, size_x) for i in lr_idx])
+        lr = np.stack([_read(lr_stack, i, y, x, size_y, size_x) for i in lr_indices(k, r, n_lr)])
         hr = np.stack([
             _read(hr_stack, i, s * y, s * x, s * size_y, s * size_x)
             for i in neighbours(j, [other for other in range(timeline.n_hr) if other != j])
@@ -196,20 +196,13 @@ def _draw_batch(rng, lr_stack, hr_stack, timeline, train, pool, config):
         k = int(timeline.keyframe_time(j))
         r = int(rng.integers(1, max_r + 1))
         y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-        lr_idx = (max(k - r, 0), k, min(k + r, n_lr - 1))
-        lr = np.stack([_read(lr_stack, i, y, x, crop, crop) for i in lr_idx])
+        lr = np.stack([_read(lr_stack, i, y, x, crop, crop) for i in lr_indices(k, r, n_lr)])
         hr = np.stack([
             _read(hr_stack, i, s * y, s * x, s * crop, s * crop)
             for i in (*neighbours(j, [other for other in pool if other != j]), j)
         ])
-        # Flips and a transposition generate all eight rotations/reflections of a square.
-        flip_y, flip_x, transpose = rng.random(3) < 0.5
-        if flip_y:
-            lr, hr = lr[:, ::-1], hr[:, ::-1]
-        if flip_x:
-            lr, hr = lr[:, :, ::-1], hr[:, :, ::-1]
-        if transpose:
-            lr, hr = lr.transpose(0, 2, 1), hr.transpose(0, 2, 1)
+        flips = rng.random(3) < 0.5
+        lr, hr = augment(lr, *flips), augment(hr, *flips)
         lr_batch.append(lr)
         hr_batch.append(hr[:2])
         targets.append(hr[2:])

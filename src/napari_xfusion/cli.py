@@ -75,6 +75,18 @@ def _add_time_model(parser: argparse.ArgumentParser, keyframes_default: bool = T
     group.add_argument("--scale", type=int, default=4, help="HR/LR pixel size ratio. Default 4.")
 
 
+def _add_stack_inputs(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """The LR and HR stacks, the output and the time model, shared by fuse and calibrate."""
+    parser.add_argument("lr", help="LR stack: multi-page TIFF or folder of TIFF frames")
+    parser.add_argument("hr", help="HR keyframes: multi-page TIFF or folder of TIFF frames")
+    parser.add_argument("-o", "--output", required=True, help=output_help)
+    _add_time_model(parser)
+    parser.add_argument(
+        "--hr-full-rate", action="store_true",
+        help="the HR stack has a frame at every LR time; keep every D-th from the offset",
+    )
+
+
 def _time_model(args: argparse.Namespace) -> TimeModel:
     return TimeModel(
         spacing=args.spacing, offset=args.offset, separation=args.separation, scale=args.scale
@@ -223,17 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fuse", help="fuse an LR stack and HR keyframes into one HR stack")
-    p.add_argument("lr", help="LR stack: multi-page TIFF or folder of TIFF frames")
-    p.add_argument("hr", help="HR keyframes: multi-page TIFF or folder of TIFF frames")
-    p.add_argument("-o", "--output", required=True, help="output stack (.tif BigTIFF or .zarr)")
+    _add_stack_inputs(p, "output stack (.tif BigTIFF or .zarr)")
     p.add_argument(
         "--method", "-m", default="transfer", choices=method_names(),
         help="fusion method (default: transfer)",
-    )
-    _add_time_model(p)
-    p.add_argument(
-        "--hr-full-rate", action="store_true",
-        help="the HR stack has a frame at every LR time; keep every D-th from the offset",
     )
     p.add_argument("--frames", help="fuse only these LR times: START:STOP or a list 1,5,9")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -305,12 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate",
         help="fine-tune EDVR-STF on one experiment's own keyframes, checked on held-out keyframes",
     )
-    p.add_argument("lr", help="LR stack: multi-page TIFF or folder of TIFF frames")
-    p.add_argument("hr", help="HR keyframes: multi-page TIFF or folder of TIFF frames")
-    p.add_argument("-o", "--output", required=True, help="fine-tuned weights file (.safetensors)")
-    _add_time_model(p)
-    p.add_argument("--hr-full-rate", action="store_true",
-                   help="the HR stack has a frame at every LR time; keep every D-th from the offset")
+    _add_stack_inputs(p, "fine-tuned weights file (.safetensors)")
     p.add_argument("--weights", help="weights to start from (default: the bundled weights)")
     p.add_argument("--iterations", type=int, default=300, help="fine-tuning steps (default 300)")
     p.add_argument("--max-minutes", type=float, help="stop fine-tuning after this long")

@@ -22,7 +22,7 @@ from .fusion import FusionMethod, MappedFrames, ProgressCallback
 from .io import check_output_path, open_writer, read_stack
 from .normalize import Normalization, fit_normalization, match_normalization
 from .simulate import bin_frames, noise_b0, noisy_frame
-from .timeline import Timeline, keyframe_count
+from .timeline import Timeline, full_rate_keyframes
 
 
 @dataclass
@@ -96,9 +96,7 @@ def prepare_inputs(
                 f"a full-rate HR stack must have one frame per LR frame ({len(lr_raw)}), "
                 f"but it has {len(hr_raw)}: untick 'full rate' if it holds keyframes only."
             )
-        count = keyframe_count(len(lr_raw), time_model)
-        stop = time_model.offset + (count - 1) * time_model.spacing + 1
-        hr_raw = hr_raw[time_model.offset : stop : time_model.spacing]
+        hr_raw = hr_raw[full_rate_keyframes(len(lr_raw), time_model)]
     check_sizes(lr_raw.shape, hr_raw.shape, time_model.scale)
     timeline = Timeline(len(lr_raw), len(hr_raw), time_model)
     hr_norm = fit_normalization(hr_raw, normalization)
@@ -237,8 +235,8 @@ def simulate_to_files(
             f"HR frames of {height}x{width} cannot be binned {s}x{s}: crop them to "
             f"{height - height % s}x{width - width % s} first."
         )
-    count = keyframe_count(n, time_model)
-    Timeline(n, count, time_model)  # refuses settings that cannot bracket the frames
+    key_times = full_rate_keyframes(n, time_model)
+    Timeline(n, len(key_times), time_model)  # refuses settings that cannot bracket the frames
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} does not exist: create it first.")
@@ -252,7 +250,6 @@ def simulate_to_files(
     lr_clean = MappedFrames(truth, lambda frame: bin_frames(frame, s))
     b0 = noise_b0(lr_clean, noise)
     info = {"napari_xfusion": json.dumps({"time_model": asdict(time_model), "b0": b0})}
-    key_times = set(range(time_model.offset, n, time_model.spacing)[:count])
     with contextlib.ExitStack() as stack:
         lr_w, key_w, truth_w = (
             stack.enter_context(
@@ -260,16 +257,17 @@ def simulate_to_files(
             )
             for path, shape, frames in (
                 (paths["LR stack"], (height // s, width // s), n),
-                (paths["HR keyframes"], (height, width), count),
+                (paths["HR keyframes"], (height, width), len(key_times)),
                 (paths["ground truth"], (height, width), n),
             )
         )
+        key_set = set(key_times.tolist())
         for i in range(n):
             frame = truth[i]
             clean = bin_frames(frame, s)
             lr_w.write(clean if b0 is None else noisy_frame(clean, i, b0, noise.seed))
             truth_w.write(frame)
-            if i in key_times:
+            if i in key_set:
                 key_w.write(frame)
             if progress is not None:
                 progress(i + 1, n)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .config import NoiseConfig, TimeModel
 from .metrics import lr_psnr as _mean_psnr
-from .timeline import Timeline, keyframe_count
+from .timeline import Timeline, full_rate_keyframes, keyframe_count
 
 #: How far outside [0, 1] input values may stray before they are taken for unnormalized data.
 RANGE_TOLERANCE = 0.1
@@ -254,9 +254,7 @@ def keyframes(hr_full, model: TimeModel) -> np.ndarray:
     ndarray, shape (M, H, W), float32
         The ``M = keyframe_count(N, model)`` keyframes.
     """
-    n = len(hr_full)
-    count = keyframe_count(n, model)
-    times = model.offset + model.spacing * np.arange(count)
+    times = full_rate_keyframes(len(hr_full), model)
     return np.stack([np.asarray(hr_full[int(t)], dtype=np.float32) for t in times])
 
 

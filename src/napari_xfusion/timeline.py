@@ -113,8 +113,7 @@ class Timeline:
         if not 0 <= t < self.n_lr:
             raise IndexError(f"output time {t} is outside the LR sequence 0..{self.n_lr - 1}.")
         m = self.model
-        last = self.n_lr - 1
-        lr = (max(t - m.separation, 0), t, min(t + m.separation, last))
+        lr = lr_indices(t, m.separation, self.n_lr)
         # Index of the last keyframe taken at or before t, kept inside 0..M-2 so that a
         # following keyframe exists (clamps both sequence ends).
         j0 = int(np.floor((t - m.offset) / m.spacing))
@@ -135,6 +134,21 @@ class Timeline:
 
     def __len__(self) -> int:
         return self.n_lr
+
+
+def lr_indices(t: int, separation: int, n_lr: int) -> tuple[int, int, int]:
+    """LR frames ``t - r, t, t + r`` clamped to ``[0, n_lr - 1]``."""
+    return (max(t - separation, 0), t, min(t + separation, n_lr - 1))
+
+
+def full_rate_keyframes(n_lr: int, model: TimeModel) -> np.ndarray:
+    """Frames of a full-rate HR sequence kept as keyframes: ``offset + j * spacing``.
+
+    Returns
+    -------
+    ndarray of int, shape (keyframe_count(n_lr, model),)
+    """
+    return model.offset + model.spacing * np.arange(keyframe_count(n_lr, model))
 
 
 def keyframe_count(n_lr: int, model: TimeModel) -> int:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from .config import NormalizationConfig, TimeModel, TrainConfig
 from .normalize import fit_normalization
 from .synthetic import LPBFScene
-from .timeline import Timeline, keyframe_count
+from .timeline import Timeline, keyframe_count, lr_indices
 
 #: Spatial scale between the LR and HR grids.
 SCALE = 4
@@ -499,9 +499,23 @@ class TrainingBatch:
     record: BatchRecord | None
 
 
+def augment(frames: np.ndarray, flip_y: bool, flip_x: bool, transpose: bool) -> np.ndarray:
+    """The same flips and transposition of every frame ``(n, y, x)`` of a sample.
+
+    Together they give all eight rotations and reflections of a square crop.
+    """
+    if flip_y:
+        frames = frames[:, ::-1]
+    if flip_x:
+        frames = frames[:, :, ::-1]
+    if transpose:
+        frames = frames.transpose(0, 2, 1)
+    return frames
+
+
 def frame_times(t: int, r: int, k0: int, k1: int, n: int) -> list[int]:
     """Frame indices of a sample in :data:`FRAMES` order, LR times clamped to the sequence."""
-    return [max(t - r, 0), t, min(t + r, n - 1), k0, k1]
+    return [*lr_indices(t, r, n), k0, k1]
 
 
 def make_batch(
@@ -682,13 +696,7 @@ class PairSampler:
             t, r, k0, k1, kind = self._times(rng, len(seq))
             y, x = self._corner(rng, seq, t, k0, k1)
             crop = seq.frames[frame_times(t, r, k0, k1, len(seq)), y : y + c, x : x + c]
-            if flips[i, 0]:
-                crop = crop[:, ::-1]
-            if flips[i, 1]:
-                crop = crop[:, :, ::-1]
-            if flips[i, 2]:
-                crop = crop.transpose(0, 2, 1)
-            out[i] = crop
+            out[i] = augment(crop, *flips[i])
             for key, value in (("sequence", index), ("t", t), ("separation", r), ("k0", k0),
                                ("k1", k1), ("kind", kind), ("y", y), ("x", x)):
                 fields[key][i] = value
