@@ -221,6 +221,7 @@ def calibrate(
     weights: str | Path | None = None,
     progress: Progress | None = print,
     model: torch.nn.Module | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> CalibrationResult:
     """Fine-tune a trained fusion network on one experiment, using only its keyframes.
 
@@ -247,6 +248,9 @@ def calibrate(
     model : torch.nn.Module, optional
         Start from this network instead of a weights file (it is copied, not changed);
         not together with ``weights``.
+    should_stop : callable, optional
+        Asked after every step; when it returns True, training stops there and the
+        network is validated as it is (how a GUI cancels a calibration).
 
     Returns
     -------
@@ -344,6 +348,9 @@ def calibrate(
             say(f"iteration {iteration}/{config.iterations}: loss {recent:.5f}")
         if budget is not None and time.monotonic() - started >= budget:
             say(f"stopped at iteration {iteration} after {config.max_minutes} minutes")
+            break
+        if should_stop is not None and should_stop():
+            say(f"stopped at iteration {iteration} on request")
             break
 
     after = _validate(net, validation, device, amp)

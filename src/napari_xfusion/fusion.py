@@ -236,6 +236,12 @@ def method_names() -> list[str]:
     return list(_REGISTRY)
 
 
+def method_labels() -> dict[str, str]:
+    """Display label of each registered fusion method, by name."""
+    _load_builtin_methods()
+    return {name: cls.label for name, cls in _REGISTRY.items()}
+
+
 def create_method(name: str, **options) -> FusionMethod:
     """Build the fusion method registered as ``name`` with its keyword options."""
     _load_builtin_methods()

@@ -12,13 +12,13 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from .attention import AttentionLog, attention_csv_path
 from .config import NoiseConfig, NormalizationConfig, TimeModel
-from .fusion import FusionMethod, MappedFrames, ProgressCallback
+from .fusion import FusedFrame, FusionMethod, MappedFrames, ProgressCallback, output_times
 from .io import check_output_path, open_writer, read_stack
 from .normalize import Normalization, fit_normalization, match_normalization
 from .simulate import bin_frames, noise_b0, noisy_frame
@@ -128,27 +128,30 @@ class FusionResult:
     attention_path: Path | None
 
 
-def fuse_to_file(
+def fuse_iter(
     inputs: FusionInputs,
     method: FusionMethod,
-    output: str | Path,
+    output: str | Path | None = None,
     overwrite: bool = False,
     frames: Iterable[int] | None = None,
     progress: ProgressCallback | None = None,
     metadata: dict | None = None,
-) -> FusionResult:
-    """Fuse and stream every frame to ``output`` (BigTIFF ``.tif`` or ``.zarr``).
+) -> Iterator[FusedFrame]:
+    """Fuse frame after frame, yielding each one and streaming it to ``output`` if given.
 
-    Frames are written in the HR stack's units and dtype as they are made, so memory use
-    does not grow with the sequence length. The output only appears under its name once
-    every frame is written; an interrupted run leaves a file marked ``.incomplete``.
-    Neural methods also save their attention scores to ``<stem>.attention.csv``.
+    This is the loop behind :func:`fuse_to_file` and the napari widget: a caller can stop
+    between frames by closing the generator. Frames go to disk in the HR stack's units and
+    dtype as they are made; the output appears under its name only once every frame is
+    written, and a run stopped early leaves the frames written so far in a file marked
+    ``.incomplete``. Neural methods also save their attention scores to
+    ``<stem>.attention.csv`` at the end.
 
     Parameters
     ----------
     inputs : FusionInputs
     method : FusionMethod
-    output : str or Path
+    output : str or Path, optional
+        BigTIFF ``.tif`` or ``.zarr``; None keeps the frames in memory only.
     overwrite : bool
         Replace an existing output.
     frames : iterable of int, optional
@@ -158,12 +161,16 @@ def fuse_to_file(
     metadata : dict, optional
         Extra entries stored in the output's metadata.
 
-    Returns
-    -------
-    FusionResult
+    Yields
+    ------
+    FusedFrame
+        In the normalized [0, 1] units; ``inputs.hr_norm.invert`` gives camera units.
     """
+    times = output_times(inputs.timeline, frames)
+    if output is None:
+        yield from method.fuse(inputs.lr, inputs.hr, inputs.timeline, times, progress)
+        return
     output = check_output_path(output, overwrite=overwrite)
-    times = list(range(inputs.timeline.n_lr)) if frames is None else [int(t) for t in frames]
     n_lr, height, width = inputs.lr.shape
     scale = inputs.timeline.model.scale
     info = {
@@ -174,7 +181,6 @@ def fuse_to_file(
         **(metadata or {}),
     }
     log = AttentionLog()
-    start = time.perf_counter()
     with open_writer(
         output,
         frame_shape=(scale * height, scale * width),
@@ -186,13 +192,47 @@ def fuse_to_file(
         for frame in method.fuse(inputs.lr, inputs.hr, inputs.timeline, times, progress):
             writer.write(inputs.hr_norm.invert(frame.image))
             log.add(frame)
-    attention_path = None
+            yield frame
     if len(log):
-        attention_path = attention_csv_path(output)
-        partial = attention_path.with_suffix(".csv.incomplete")
+        path = attention_csv_path(output)
+        partial = path.with_suffix(".csv.incomplete")
         log.write_csv(partial)
-        partial.replace(attention_path)
-    return FusionResult(output, len(times), time.perf_counter() - start, attention_path)
+        partial.replace(path)
+
+
+def fuse_to_file(
+    inputs: FusionInputs,
+    method: FusionMethod,
+    output: str | Path,
+    overwrite: bool = False,
+    frames: Iterable[int] | None = None,
+    progress: ProgressCallback | None = None,
+    metadata: dict | None = None,
+) -> FusionResult:
+    """Fuse and stream every frame to ``output`` (BigTIFF ``.tif`` or ``.zarr``).
+
+    Memory use does not grow with the sequence length; see :func:`fuse_iter` for what is
+    written and what an interrupted run leaves behind.
+
+    Parameters
+    ----------
+    inputs, method, overwrite, frames, progress, metadata
+        As for :func:`fuse_iter`.
+    output : str or Path
+
+    Returns
+    -------
+    FusionResult
+    """
+    start = time.perf_counter()
+    count, scored = 0, False
+    for frame in fuse_iter(inputs, method, output, overwrite, frames, progress, metadata):
+        count += 1
+        scored = scored or frame.attention is not None
+    path = Path(output).expanduser()
+    return FusionResult(
+        path, count, time.perf_counter() - start, attention_csv_path(path) if scored else None
+    )
 
 
 def simulate_to_files(

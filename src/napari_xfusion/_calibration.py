@@ -1,0 +1,78 @@
+"""Calibration from the viewer: the background work and the before/after figure."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from .calibrate import CalibrationResult, calibrate
+from .config import CalibrationConfig
+from .pipeline import prepare_inputs
+
+if TYPE_CHECKING:
+    from ._widget import FusionPlan
+
+
+def calibration_steps(
+    plan: FusionPlan,
+    config: CalibrationConfig,
+    stop: threading.Event,
+    say: Callable[[str], None],
+) -> CalibrationResult:
+    """Normalize the plan's stacks and fine-tune its network on their keyframes.
+
+    Runs in a worker thread; ``say`` receives the report lines and ``stop`` ends the
+    training early (the network is still validated, so the result stays honest).
+    """
+    inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate)
+    return calibrate(
+        inputs.lr, inputs.hr, inputs.timeline, config, weights=plan.weights,
+        progress=say, should_stop=stop.is_set,
+    )
+
+
+def draw_calibration(result: CalibrationResult, figure: Figure) -> None:
+    """Draw the held-out PSNR before and after calibration, and the training loss.
+
+    Parameters
+    ----------
+    result : CalibrationResult
+    figure : matplotlib.figure.Figure
+        Cleared and drawn into.
+    """
+    figure.clear()
+    bars, loss = figure.subplots(1, 2)
+    names = ["bicubic", "before", "after"]
+    values = [result.bicubic_psnr, result.psnr_before, result.psnr_after]
+    colours = ["#8a8a8a", "#4a78c2", "#2e9e44" if result.helped else "#d04040"]
+    bars.bar(names, values, color=colours)
+    low = min(values) - 2.0
+    bars.set_ylim(low, max(values) + 1.0)
+    for x, value in enumerate(values):
+        bars.text(x, value + 0.1, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+    bars.set_ylabel("PSNR on held-out keyframes (dB)")
+    bars.set_title(f"{len(result.validation_keyframes)} held-out keyframes", fontsize=9)
+    loss.plot(range(1, len(result.losses) + 1), result.losses, lw=0.8)
+    loss.set_xlabel("iteration")
+    loss.set_ylabel("training loss")
+    loss.set_yscale("log")
+    loss.set_title(f"{result.iterations} steps in {result.seconds:.0f} s", fontsize=9)
+    figure.tight_layout()
+
+
+class CalibrationView(QWidget):
+    """A dock showing what a calibration did (see :func:`draw_calibration`)."""
+
+    def __init__(self, result: CalibrationResult) -> None:
+        super().__init__()
+        self.result = result
+        self.figure = Figure(figsize=(6, 2.6))
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.canvas)
+        draw_calibration(result, self.figure)
+        self.canvas.draw_idle()
