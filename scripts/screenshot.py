@@ -1,39 +1,52 @@
-"""Screenshot of napari with the synthetic laser-melting sample and a fused result.
+"""Screenshot of the plugin in use: the sample fused by EDVR-STF, with the docks open.
 
-Run on a machine without a display through Xvfb::
+Opens the synthetic laser-melting sample, fuses it with the fusion dock (bundled EDVR-STF
+weights, ground truth selected so the PSNR is plotted), opens the attention plot, and saves
+the whole window. Run on a machine without a display through Xvfb::
 
-    xvfb-run -a python scripts/screenshot.py docs/figures/napari-sample.png
+    xvfb-run -a python scripts/screenshot.py docs/figures/napari-fusion.png
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import napari
-import numpy as np
+from qtpy.QtWidgets import QApplication
 
-from napari_xfusion.fusion import create_method
-from napari_xfusion.timeline import Timeline
+from napari_xfusion._plots import AttentionPlot
+from napari_xfusion._widget import FusionWidget
+
+
+def wait_until(condition, timeout: float = 600.0) -> None:
+    app, end = QApplication.instance(), time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the fusion did not finish in time")
+        app.processEvents()
+        time.sleep(0.01)
 
 
 def main(path: str) -> None:
     viewer = napari.Viewer(show=True)
-    layers = viewer.open_sample("napari-xfusion", "lpbf")
-    by_name = {layer.name: layer for layer in layers}
-    lr, keys = by_name["LR stream"].data, by_name["HR keyframes"].data
-    model = by_name["HR keyframes"].metadata["time_model"]
-    timeline = Timeline(len(lr), len(keys), model)
-    method = create_method("transfer")
-    fused = np.stack([f.image for f in method.fuse(lr, keys, timeline)])
-    viewer.add_image(fused, name="fused (detail transfer)", axis_labels=("t", "y", "x"))
-    for name in ("HR keyframes", "LR stream"):
-        by_name[name].visible = False
-    viewer.grid.enabled = False
+    viewer.open_sample("napari-xfusion", "lpbf")
+    fusion = FusionWidget(viewer)
+    viewer.window.add_dock_widget(fusion, name="Fuse LR and HR stacks", area="right")
+    plot = AttentionPlot(viewer)
+    viewer.window.add_dock_widget(plot, name="Attention and quality", area="bottom")
+    fusion.method.value = "stf"
+    fusion.start()
+    wait_until(lambda: fusion.worker is None)
+    for layer in viewer.layers:
+        layer.visible = layer.name.startswith("Fused")
     viewer.dims.set_point(0, 17)
-    viewer.window.resize(1200, 800)
+    viewer.window.resize(1500, 1050)
+    wait_until(lambda: True)
+    QApplication.instance().processEvents()
     viewer.screenshot(path, canvas_only=False, flash=False)
     viewer.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "napari-sample.png")
+    main(sys.argv[1] if len(sys.argv) > 1 else "napari-fusion.png")

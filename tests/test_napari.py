@@ -82,3 +82,20 @@ def test_viewer_opens_stack_and_renders(make_napari_viewer, tmp_path):
     assert viewer.dims.axis_labels[-3:] == ("t", "y", "x")
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot.std() > 0  # the canvas really drew the stack
+
+
+def test_widgets_and_menus_are_contributed(make_napari_viewer):
+    manifest = npe2.PluginManifest.from_file(ROOT / "napari.yaml")
+    menus = manifest.contributions.menus
+    assert [item.submenu for item in menus["napari/layers/filter"]] == ["napari-xfusion.menu"]
+    in_submenu = {item.command for item in menus["napari-xfusion.menu"]}
+    assert in_submenu == {
+        "napari-xfusion.fusion_widget", "napari-xfusion.ratio_views", "napari-xfusion.attention_plot"
+    }
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-xfusion", "Fuse LR and HR stacks")
+    assert type(widget).__name__ == "FusionWidget"
+    dock, plot = viewer.window.add_plugin_dock_widget(
+        "napari-xfusion", "Attention and quality per frame"
+    )
+    assert type(plot).__name__ == "AttentionPlot"

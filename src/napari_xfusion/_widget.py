@@ -168,6 +168,9 @@ class FusionWidget(Container):
         self.output = FileEdit(label="output file (optional)", mode="w", filter="*.tif *.tiff *.zarr")
         self.overwrite = CheckBox(text="replace an existing output file")
         self.message = Label(label="")
+        # Room for three lines: a form layout does not grow a wrapped label by itself.
+        self.message.native.setWordWrap(True)
+        self.message.native.setMinimumHeight(3 * self.message.native.fontMetrics().height() + 4)
         self.run_button = PushButton(text="Fuse")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -355,7 +358,6 @@ class FusionWidget(Container):
 
     def _say(self, text: str, error: bool = False) -> None:
         self.message.value = text
-        self.message.native.setWordWrap(True)
         self.message.native.setStyleSheet("color: #e05050" if error else "")
 
     def _place_layers(self, model: TimeModel) -> None:
