@@ -375,28 +375,37 @@ class FusionWidget(Container):
 
     # --- fusion ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start fusing with the current settings (a no-op while a run is going)."""
+    def _begin(self) -> FusionPlan | None:
+        """The checked plan of a new background run, or None when none can start now."""
         if self.worker is not None:
-            return
+            return None
         try:
             plan = self.plan()
         except ValueError as err:
             show_error(str(err))
-            return
+            return None
         self._stop = threading.Event()
         self._plan, self._failed = plan, False
+        return plan
+
+    def _run_in_background(self, work, *args, **handlers) -> None:
         # Handlers are given at creation: a worker without an `errored` handler re-raises.
-        connect = {"yielded": self._on_yielded, "errored": self._on_error,
-                   "finished": self._on_finished}
-        self.worker = thread_worker(fusion_steps, start_thread=False, connect=connect)(
-            plan, self._stop
-        )
+        connect = {"errored": self._on_error, **handlers}
+        self.worker = thread_worker(work, start_thread=False, connect=connect)(*args)
         self._set_running(True)
+        self.worker.start()
+
+    def start(self) -> None:
+        """Start fusing with the current settings (a no-op while a run is going)."""
+        plan = self._begin()
+        if plan is None:
+            return
         self._say("preparing: normalizing the stacks and loading the method...")
         self.progress.max, self.progress.value = plan.n_frames, 0
         self._started = time.perf_counter()
-        self.worker.start()
+        self._run_in_background(
+            fusion_steps, plan, self._stop, yielded=self._on_yielded, finished=self._on_finished
+        )
 
     def cancel(self) -> None:
         """Stop the run after the frame being fused."""
@@ -493,34 +502,24 @@ class FusionWidget(Container):
 
     def start_calibration(self) -> None:
         """Fine-tune the network on this experiment's keyframes in the background."""
-        if self.worker is not None:
-            return
-        try:
-            plan = self.plan()
-        except ValueError as err:
-            show_error(str(err))
+        plan = self._begin()
+        if plan is None:
             return
         from ._calibration import calibration_steps
 
-        self._stop = threading.Event()
-        self._plan, self._failed = plan, False
         out = Path(tempfile.mkdtemp(prefix="xfusion-calibrated-")) / "calibrated.safetensors"
         config = CalibrationConfig(
             device=plan.engine.device, max_minutes=float(self.calibrate_minutes.value),
             out=str(out),
         )
-        lines = _Lines()
-        lines.line.connect(lambda text: self._say(text))
-        connect = {"returned": self._on_calibrated, "errored": self._on_error,
-                   "finished": self._on_calibration_finished}
-        self.worker = thread_worker(calibration_steps, start_thread=False, connect=connect)(
-            plan, config, self._stop, lines.line.emit
-        )
-        self._lines = lines  # kept alive while the worker reports
-        self._set_running(True)
+        self._lines = _Lines()  # kept alive while the worker reports
+        self._lines.line.connect(self._say)
         self.progress.max, self.progress.value = 0, 0  # busy indicator
         self._say("calibrating: preparing the keyframes...")
-        self.worker.start()
+        self._run_in_background(
+            calibration_steps, plan, config, self._stop, self._lines.line.emit,
+            returned=self._on_calibrated, finished=self._on_calibration_finished,
+        )
 
     def _on_calibrated(self, result) -> None:
         from ._calibration import CalibrationView
