@@ -2,8 +2,12 @@
 
 For each preset and HR frame size it times
 
-* ``reference``: one whole-frame fp32 forward at batch 1 (what the paper's code does), and
-* ``engine``: the tiled engine with the chosen precision, tile, overlap and batch,
+* ``reference``: one whole-frame fp32 forward at batch 1 (what the paper's code does),
+* ``engine``: the tiled engine with the chosen precision, tile, overlap and batch, on one
+  output frame,
+* ``sequence``: the engine over a short sequence (``--sequence`` outputs, keyframes every 10
+  frames), per output frame, computing every input's features for each output that reads
+  it (``per output``) and computing them once and reusing them (``reuse``, the default),
 
 and, for mixed precision, the PSNR between its output and the fp32 output (the output must
 stay within 0.1 dB of fp32 quality; a PSNR far above 50 dB between them guarantees that).
@@ -18,17 +22,22 @@ Run::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import time
 
 import numpy as np
 import torch
 
-from napari_xfusion.config import EngineConfig, ModelConfig
+from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
 from napari_xfusion.engine import Engine, resolve_device
 from napari_xfusion.metrics import psnr
 from napari_xfusion.models import build_model, bundled_weights_path, count_parameters, load_weights
 from napari_xfusion.synthetic import synthetic_lpbf
+from napari_xfusion.timeline import Timeline
+
+#: Keyframe spacing of the ``sequence`` timings.
+SEQUENCE_SPACING = 10
 
 
 def frame_inputs(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +45,26 @@ def frame_inputs(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     truth = synthetic_lpbf(n_frames=5, height=height, width=width, seed=1)
     lr = truth[[1, 2, 3]].reshape(3, height // 4, 4, width // 4, 4).mean(axis=(2, 4))
     return lr.astype(np.float32), truth[[0, 4]]
+
+
+def sequence_inputs(height: int, width: int, n: int) -> tuple[np.ndarray, np.ndarray, Timeline]:
+    """An LR sequence of ``n`` frames of the synthetic scene, its HR keyframes and timeline."""
+    truth = synthetic_lpbf(n_frames=n, height=height, width=width, seed=1)
+    lr = truth.reshape(n, height // 4, 4, width // 4, 4).mean(axis=(2, 4)).astype(np.float32)
+    model = TimeModel(spacing=SEQUENCE_SPACING)
+    keys = np.arange(0, n, SEQUENCE_SPACING)
+    return lr, truth[keys], Timeline(n, len(keys), model)
+
+
+def time_sequence(engine: Engine, lr, hr, timeline: Timeline) -> float:
+    """Wall time per output frame in ms of one engine pass over a sequence, after a warm-up."""
+    engine.fuse_frame(lr[:3], hr[:2])
+    sync(engine.device)
+    start = time.perf_counter()
+    for _ in engine.run(lr, hr, timeline):
+        pass
+    sync(engine.device)
+    return (time.perf_counter() - start) * 1e3 / timeline.n_lr
 
 
 def sync(device: torch.device) -> None:
@@ -85,6 +114,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=EngineConfig.batch)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="skip the whole-frame forward")
+    parser.add_argument("--sequence", type=int, default=12,
+                        help="outputs of the sequence timings (0 skips them)")
     parser.add_argument(
         "--trained", action="store_true",
         help="use the bundled trained weights for the default preset (random weights otherwise)",
@@ -130,6 +161,15 @@ def main() -> None:
                 print(f"{preset:8s} {size:>10s} {'engine ' + precision:>16s} {ms:10.1f} "
                       f"{peak_memory_mb(device):9.0f} {quality}")
                 model = engine.model  # the engine may have moved it to channels-last
+                if args.sequence:
+                    sequence = sequence_inputs(height, width, args.sequence)
+                    for label, cache_mb in (("per output", 0), ("reuse", EngineConfig.feature_cache_mb)):
+                        engine = Engine(model, dataclasses.replace(engine.config, feature_cache_mb=cache_mb))
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats(device)
+                        ms = time_sequence(engine, *sequence)
+                        print(f"{preset:8s} {size:>10s} {f'{precision} {label}':>16s} {ms:10.1f} "
+                              f"{peak_memory_mb(device):9.0f}")
 
 
 if __name__ == "__main__":

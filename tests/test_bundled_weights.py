@@ -1,6 +1,5 @@
 """The weights shipped inside the package load and fuse better than the baselines."""
 
-import numpy as np
 import pytest
 
 from napari_xfusion.config import EngineConfig, TimeModel

@@ -89,6 +89,26 @@ def test_tiff_stack_survives_pickling(tmp_path):
     np.testing.assert_array_equal(stack.compute(), a)
 
 
+@pytest.mark.parametrize("source", ["uncompressed TIFF", "numpy array"])
+def test_opening_a_stack_does_not_load_or_copy_it(tmp_path, source):
+    import tracemalloc
+
+    data = np.arange(40 * 256 * 256, dtype=np.uint16).reshape(40, 256, 256)  # 5 MiB
+    if source == "numpy array":
+        opened = data
+    else:
+        tifffile.imwrite(tmp_path / "s.tif", data)
+        opened = tmp_path / "s.tif"
+    tracemalloc.start()
+    try:
+        stack = read_stack(opened)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < data.nbytes / 10
+    np.testing.assert_array_equal(stack[7].compute(), data[7])
+
+
 def test_folder_in_natural_order_skipping_other_files(tmp_path):
     for i in (1, 2, 10, 11):
         tifffile.imwrite(tmp_path / f"frame{i}.tif", np.full((4, 5), i, np.uint16))

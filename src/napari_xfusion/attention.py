@@ -72,11 +72,16 @@ class AttentionLog:
         return backward, forward
 
     def write_csv(self, path: str | Path) -> None:
-        """Write one row per frame: times, raw scores and normalized scores."""
+        """Write one row per frame: times, raw scores and normalized scores.
+
+        The file appears under its name only once complete (it is written next to it first).
+        """
         backward, forward = self.normalized()
         n_inputs = len(self.raw[0]) if self.raw else 5
         names = INPUT_NAMES[:n_inputs]
-        with open(path, "w", newline="") as fh:
+        path = Path(path)
+        partial = path.with_name(path.name + ".incomplete")
+        with open(partial, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(
                 ["frame", "keyframe", "hr_k0_time", "hr_k1_time", "frames_after_k0", *names,
@@ -89,6 +94,7 @@ class AttentionLog:
                     + [f"{v:.6g}" for v in self.raw[i]]
                     + [f"{backward[i]:.6g}", f"{forward[i]:.6g}"]
                 )
+        partial.replace(path)
 
 
 def attention_csv_path(output: str | Path) -> Path:

@@ -301,7 +301,7 @@ def calibrate(
     pool = [j for j in range(timeline.n_hr) if j not in held_out]
 
     device = resolve_device(config.device)
-    amp = autocast_dtype(device, config.precision, allow_fp16=False)
+    amp = autocast_dtype(device, config.precision, training=True)
     if model is not None:
         source, start_path = "in-memory model", None
         net = copy.deepcopy(model)

@@ -122,6 +122,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from .pipeline import fuse_to_file, prepare_inputs
 
     time_model = _time_model(args)
+    if args.scheduler is not None:
+        return _fuse_on_cluster(args, time_model)
+    if args.workers is not None or args.chunk_frames is not None:
+        raise ValueError(
+            "--workers and --chunk-frames apply to a dask cluster: add --scheduler ADDRESS "
+            "(or --scheduler local)."
+        )
     # Options and the output path are checked before the slow work starts.
     method = create_method(args.method, **_method_options(args))
     inputs = prepare_inputs(args.lr, args.hr, time_model, hr_full_rate=args.hr_full_rate)
@@ -129,6 +136,22 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         inputs, method, args.output, overwrite=args.overwrite, frames=_frames(args.frames),
         progress=ProgressBar(f"fusing ({method.label})"),
     )
+    print(f"wrote {result.frames} fused frames to {result.path} in {result.seconds:.1f} s")
+    if result.attention_path is not None:
+        print(f"attention scores: {result.attention_path}")
+    return 0
+
+
+def _fuse_on_cluster(args: argparse.Namespace, time_model: TimeModel) -> int:
+    from .distributed import DEFAULT_CHUNK_FRAMES, connect, fuse_distributed
+
+    with connect(args.scheduler, args.workers) as client:
+        result = fuse_distributed(
+            args.lr, args.hr, time_model, args.method, args.output, client,
+            method_options=_method_options(args), hr_full_rate=args.hr_full_rate,
+            chunk_frames=args.chunk_frames or DEFAULT_CHUNK_FRAMES, overwrite=args.overwrite,
+            frames=_frames(args.frames), progress=ProgressBar(f"fusing ({args.method}, cluster)"),
+        )
     print(f"wrote {result.frames} fused frames to {result.path} in {result.seconds:.1f} s")
     if result.attention_path is not None:
         print(f"attention scores: {result.attention_path}")
@@ -253,7 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--batch", type=int, default=EngineConfig.batch,
                      help=f"tiles per forward pass (default {EngineConfig.batch})")
     net.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                     help="auto = bf16 on CUDA, fp32 on CPU")
+                     help="auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
+    dist = p.add_argument_group(
+        "many GPUs or nodes (dask.distributed; pip install \"napari-xfusion[distributed]\")"
+    )
+    dist.add_argument("--scheduler", metavar="ADDRESS",
+                      help="fuse on the dask cluster at this address (tcp://host:8786), or "
+                      "'local' to start one on this machine; see docs/cluster.md")
+    dist.add_argument("--workers", type=int,
+                      help="workers of --scheduler local (default: one per GPU, else one per "
+                      "CPU core)")
+    dist.add_argument("--chunk-frames", type=int,
+                      help="output frames per cluster task (default 64)")
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser(
@@ -340,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         print(f"xfusion {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,12 @@ batches on the chosen device and blends them back with feathered seams. It yield
 :class:`~napari_xfusion.fusion.FusedFrame` at a time, with the attention scores of the five
 inputs, so callers can stream results to disk or to a viewer and stop between frames.
 
+Work is done once per input frame, not once per output: the network's first half
+(:meth:`~napari_xfusion.models.arch.FusionNetwork.extract_features`) does not depend on the
+reference frame, so the feature pyramid of each input tile is kept in a :class:`FeatureCache`
+and reused by every output that reads that frame (an LR frame feeds three outputs, an HR
+keyframe up to ``2D``). Only the second half runs once per output.
+
 On a CUDA out-of-memory error it frees memory, halves the tile size and retries the frame,
 logging that it did.
 """
@@ -14,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterable, Iterator
+from collections import OrderedDict
+from typing import Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +29,7 @@ import torch
 from .config import EngineConfig
 from .fusion import FusedFrame, ProgressCallback, stream_frames
 from .tiling import Tile, feather_weights, tile_grid
-from .timeline import Timeline
+from .timeline import FrameInputs, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +73,33 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(wanted)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where it is faster."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_dtype(
-    device: torch.device, precision: str, allow_fp16: bool = True
+    device: torch.device, precision: str, training: bool = False
 ) -> torch.dtype | None:
     """The autocast dtype for a precision setting on a device, or None for fp32.
 
-    ``"auto"`` means bf16 on CUDA (fp16 on GPUs without bf16 when ``allow_fp16``; training
-    passes False, since fp16 needs loss scaling) and fp32 on the CPU.
+    ``"auto"`` means bf16 on CUDA, and fp16 on GPUs without bf16 except for ``training``
+    (fp16 needs loss scaling). On a CPU it means bf16 for inference where the CPU computes
+    bf16 natively (1.3-1.5x faster there, at ~66 dB PSNR from the fp32 output) and fp32
+    otherwise, and always fp32 for training.
     """
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    if precision == "auto" and device.type != "cuda":
+        return torch.bfloat16 if not training and cpu_has_native_bf16() else None
+    if precision == "fp32":
         return None
     if precision == "fp16":
         return torch.float16
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         if precision == "auto":
-            return torch.float16 if allow_fp16 else None
+            return None if training else torch.float16
         raise ValueError(f"bf16 is not supported on {device}; use precision fp32 or fp16.")
     return torch.bfloat16
 
@@ -104,14 +123,72 @@ def _pad_frames(frames: np.ndarray, pad_y: int, pad_x: int) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_y), (0, pad_x)), mode=mode)
 
 
+class FeatureCache:
+    """Feature pyramids of input frames (or frame tiles), least recently used dropped first.
+
+    Parameters
+    ----------
+    budget_bytes : int
+        Memory the kept pyramids may take; 0 keeps nothing.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Lookups that found a pyramid and that did not.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.size = 0
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[Hashable, list[torch.Tensor]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable) -> list[torch.Tensor] | None:
+        """The pyramid stored under ``key``, or None."""
+        pyramid = self._entries.get(key)
+        if pyramid is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._entries.move_to_end(key)
+        return pyramid
+
+    def put(self, key: Hashable, pyramid: list[torch.Tensor]) -> None:
+        """Keep ``pyramid`` under ``key``, dropping the oldest entries beyond the budget."""
+        self._entries[key] = pyramid
+        self.size += _nbytes(pyramid)
+        while self.size > self.budget and self._entries:
+            self.size -= _nbytes(self._entries.popitem(last=False)[1])
+
+    def discard_before(self, stream: str, index: int) -> None:
+        """Drop the pyramids of ``stream`` frames before ``index`` (keys ``(stream, i, ...)``).
+
+        In a pass over increasing output times, frames behind the current inputs are never
+        read again; without this the cache would fill up to its budget with them.
+        """
+        for key in [k for k in self._entries if k[0] == stream and k[1] < index]:
+            self.size -= _nbytes(self._entries.pop(key))
+
+    def clear(self) -> None:
+        """Drop every pyramid (after the tiling changed)."""
+        self._entries.clear()
+        self.size = 0
+
+
+def _nbytes(pyramid: list[torch.Tensor]) -> int:
+    return sum(level.nbytes for level in pyramid)
+
+
 class Engine:
     """Runs a fusion network over sequences, tile by tile, on one device.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        An ``EDVRSTF`` or ``EDVR`` network (or any module with the same ``forward(lr, hr)``
-        returning ``(frame, attention)``).
+    model : FusionNetwork
+        An ``EDVRSTF`` or ``EDVR`` network (:mod:`napari_xfusion.models.arch`).
     config : EngineConfig
         Device, tile size, overlap, batch and precision.
     """
@@ -129,15 +206,60 @@ class Engine:
         #: Number of times the tile size was halved after running out of GPU memory.
         self.oom_retries = 0
 
-    def _run_batch(self, lr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Forward ``(B, 3, t, t)`` LR and ``(B, 2, s*t, s*t)`` HR tiles; numpy outputs."""
-        lr_t = torch.from_numpy(lr).to(self.device, non_blocking=True).unsqueeze(2)
-        hr_t = torch.from_numpy(hr).to(self.device, non_blocking=True).unsqueeze(2)
+    def _run_batch(
+        self,
+        lr: np.ndarray,
+        hr: np.ndarray,
+        keys: Sequence[Sequence[Hashable]],
+        cache: FeatureCache,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Forward a batch of tiles; numpy outputs.
+
+        ``lr`` is ``(B, 3, t, t)`` and ``hr`` ``(B, 2, s*t, s*t)``; ``keys[b]`` names the
+        input frames of tile ``b`` in the order ``[LR t-r, LR t, LR t+r, HR k0, HR k1]``.
+        Pyramids found in ``cache`` under those names are reused, the others computed (once
+        per name) and stored.
+        """
+        streams = [("lr", lr), ("hr", hr)] if self.uses_hr else [("lr", lr)]
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            out, attention = self.model(lr_t, hr_t if self.uses_hr else None)
+            pyramids = {}
+            for first, (stream, tiles) in zip((0, 3), streams):
+                wanted = {}
+                for b, tile_keys in enumerate(keys):
+                    for j in range(tiles.shape[1]):
+                        wanted.setdefault(tile_keys[first + j], (b, j))
+                pyramids.update((key, cache.get(key)) for key in wanted)
+                missing = [key for key in wanted if pyramids[key] is None]
+                if missing:
+                    frames = np.stack([tiles[wanted[key]] for key in missing])[:, None]
+                    levels = self.model.extract_features(self._to_device(frames), stream)
+                    for n, key in enumerate(missing):
+                        # Cloned so that a kept pyramid does not hold its whole batch.
+                        pyramids[key] = [level[n].clone() for level in levels]
+                        cache.put(key, pyramids[key])
+            n_frames = 5 if self.uses_hr else 3
+            features = [
+                self._stack([pyramids[k[j]][level] for k in keys for j in range(n_frames)])
+                .unflatten(0, (len(keys), n_frames))
+                for level in range(3)
+            ]
+            reference = self._to_device(lr[:, 1:2])
+            out, attention = self.model.fuse_features(features, reference)
         return out[:, 0].float().cpu().numpy(), attention.float().cpu().numpy()
 
-    def fuse_frame(self, lr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _to_device(self, frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
+
+    def _stack(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """``(C, h, w)`` feature maps -> ``(N, C, h, w)``, channels-last if configured."""
+        if not self.config.channels_last:
+            return torch.stack(maps)
+        return torch.stack([m.permute(1, 2, 0) for m in maps]).permute(0, 3, 1, 2)
+
+    def fuse_frame(
+        self, lr: np.ndarray, hr: np.ndarray, inputs: FrameInputs | None = None,
+        cache: FeatureCache | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Fuse one output frame from its five inputs.
 
         Parameters
@@ -146,6 +268,11 @@ class Engine:
             LR frames ``t - r, t, t + r`` in [0, 1].
         hr : ndarray, shape (2, s*h, s*w)
             The bracketing HR keyframes in [0, 1].
+        inputs : FrameInputs, optional
+            Which frames of their stacks these are; with ``cache``, the feature pyramids of
+            frames met before are taken from it instead of being computed again.
+        cache : FeatureCache, optional
+            Pyramids of earlier frames of the same stacks (see :meth:`run`).
 
         Returns
         -------
@@ -154,10 +281,16 @@ class Engine:
             Spatial mean of the raw temporal-attention maps of each input frame (T = 5 for
             EDVR-STF, 3 for EDVR), averaged over tiles with their blend weights.
         """
+        if inputs is None or cache is None:
+            # Frames without a place in a sequence: nothing to share with other calls.
+            names, cache = [("lr", 0), ("lr", 1), ("lr", 2), ("hr", 0), ("hr", 1)], FeatureCache(0)
+        else:
+            names = [("lr", i) for i in inputs.lr] + [("hr", j) for j in inputs.hr]
         while True:
             try:
-                return self._fuse_frame(lr, hr)
+                return self._fuse_frame(lr, hr, names, cache)
             except torch.cuda.OutOfMemoryError:
+                cache.clear()
                 self._shrink_tiles(lr.shape[1:])
 
     def _tile_for(self, height: int, width: int) -> int:
@@ -179,7 +312,9 @@ class Engine:
         self.oom_retries += 1
         log.warning("out of GPU memory: retrying the frame with %d-pixel LR tiles", smaller)
 
-    def _fuse_frame(self, lr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _fuse_frame(
+        self, lr: np.ndarray, hr: np.ndarray, names: list[tuple[str, int]], cache: FeatureCache
+    ) -> tuple[np.ndarray, np.ndarray]:
         s = self.scale
         _, h, w = lr.shape
         if hr.shape[1:] != (s * h, s * w):
@@ -194,7 +329,7 @@ class Engine:
         tiles = tile_grid(H, W, self._tile_for(H, W), self.overlap)
         if len(tiles) == 1:
             # Whole frame: no blending buffers to fill.
-            out, attention = self._run_batch(lr[None], hr[None])
+            out, attention = self._run_batch(lr[None], hr[None], [names], cache)
             return np.clip(out[0, : s * h, : s * w], 0.0, 1.0), attention[0]
         acc = np.zeros((s * H, s * W), dtype=np.float32)
         norm = np.zeros_like(acc)
@@ -204,6 +339,8 @@ class Engine:
             out, attention = self._run_batch(
                 np.stack([lr[:, t.y0 : t.y1, t.x0 : t.x1] for t in batch]),
                 np.stack([hr[:, s * t.y0 : s * t.y1, s * t.x0 : s * t.x1] for t in batch]),
+                [[(*name, tile) for name in names] for tile in batch],
+                cache,
             )
             for tile, frame, scores in zip(batch, out, attention):
                 weight = feather_weights(tile, H, W, self.overlap, s)
@@ -226,10 +363,16 @@ class Engine:
     ) -> Iterator[FusedFrame]:
         """Fuse a sequence frame by frame, as :meth:`FusionMethod.fuse
         <napari_xfusion.fusion.FusionMethod.fuse>` does; ``attention`` is set on each frame.
+
+        The feature pyramids of the input frames are kept while later outputs need them
+        (within ``config.feature_cache_mb``), so each is computed once.
         """
+        cache = FeatureCache(self.config.feature_cache_mb << 20)
 
         def one(lr_frames, hr_frames, inputs):
-            return self.fuse_frame(lr_frames, hr_frames)
+            cache.discard_before("lr", min(inputs.lr))
+            cache.discard_before("hr", min(inputs.hr))
+            return self.fuse_frame(lr_frames, hr_frames, inputs, cache)
 
         return stream_frames(lr, hr, timeline, one, frames, progress)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterable, Iterator, Sequence
 
@@ -53,7 +54,8 @@ class FrameCache:
     """Reads frames of a stack on demand and keeps the last few in memory.
 
     Consecutive outputs share most of their inputs, so a small cache means every input
-    frame is read from storage once per pass.
+    frame is read from storage once per pass. Frames asked for with :meth:`prefetch` are
+    read in a background thread while the caller works.
 
     Parameters
     ----------
@@ -67,12 +69,18 @@ class FrameCache:
         self.stack = stack
         self.capacity = max(int(capacity), 1)
         self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._pending: dict[int, Future] = {}
+        self._reader: ThreadPoolExecutor | None = None
         self.reads = 0
+
+    def _read(self, i: int) -> np.ndarray:
+        return np.asarray(self.stack[i], dtype=np.float32)
 
     def __getitem__(self, i: int) -> np.ndarray:
         frame = self._frames.get(i)
         if frame is None:
-            frame = np.asarray(self.stack[i], dtype=np.float32)
+            pending = self._pending.pop(i, None)
+            frame = self._read(i) if pending is None else pending.result()
             self.reads += 1
             self._frames[i] = frame
             if len(self._frames) > self.capacity:
@@ -84,6 +92,21 @@ class FrameCache:
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """Frames at ``indices`` stacked into ``(len(indices), y, x)``."""
         return np.stack([self[i] for i in indices])
+
+    def prefetch(self, indices: Sequence[int]) -> None:
+        """Start reading the frames at ``indices`` that are neither kept nor on their way."""
+        for i in indices:
+            if i not in self._frames and i not in self._pending:
+                if self._reader is None:
+                    self._reader = ThreadPoolExecutor(1, thread_name_prefix="xfusion-reader")
+                self._pending[i] = self._reader.submit(self._read, i)
+
+    def close(self) -> None:
+        """Stop the background reader (frames on their way are dropped)."""
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
+        self._pending.clear()
 
 
 class MappedFrames:
@@ -193,6 +216,9 @@ def stream_frames(
 ) -> Iterator[FusedFrame]:
     """Fuse frame after frame, reading each input frame once per pass.
 
+    Reading overlaps computing: the frames the next output needs are read in a background
+    thread while the current one is fused.
+
     Parameters
     ----------
     lr, hr, timeline, frames, progress
@@ -207,18 +233,28 @@ def stream_frames(
     times = output_times(timeline, frames)
     lr_cache = FrameCache(lr, capacity=2 * timeline.model.separation + 2)
     hr_cache = FrameCache(hr, capacity=3)
-    for done, t in enumerate(times, start=1):
-        inputs = timeline.inputs(t)
-        image, attention = fuse_one(lr_cache.take(inputs.lr), hr_cache.take(inputs.hr), inputs)
-        yield FusedFrame(
-            t=t,
-            image=np.asarray(image, dtype=np.float32),
-            is_keyframe=inputs.is_keyframe,
-            attention=attention,
-            hr_times=inputs.hr_times,
-        )
-        if progress is not None:
-            progress(done, len(times))
+    try:
+        for done, t in enumerate(times, start=1):
+            inputs = timeline.inputs(t)
+            lr_frames, hr_frames = lr_cache.take(inputs.lr), hr_cache.take(inputs.hr)
+            if done < len(times):
+                # The next output's new frames are read while this one is fused.
+                following = timeline.inputs(times[done])
+                lr_cache.prefetch(following.lr)
+                hr_cache.prefetch(following.hr)
+            image, attention = fuse_one(lr_frames, hr_frames, inputs)
+            yield FusedFrame(
+                t=t,
+                image=np.asarray(image, dtype=np.float32),
+                is_keyframe=inputs.is_keyframe,
+                attention=attention,
+                hr_times=inputs.hr_times,
+            )
+            if progress is not None:
+                progress(done, len(times))
+    finally:
+        lr_cache.close()
+        hr_cache.close()
 
 
 _REGISTRY: dict[str, type[FusionMethod]] = {}

@@ -220,7 +220,7 @@ def _as_frames(source: Any, name: str) -> dask.array.Array:
         # name=False: hashing a large in-memory array to name it would cost a full pass.
         chunks = (1,) * (len(source.shape) - 2) + (y, x)
         meta = np.empty((0,) * len(source.shape), dtype)
-        stack = da.from_array(source, chunks=chunks, name=False, meta=meta)
+        stack = da.from_array(_SliceView(source), chunks=chunks, name=False, meta=meta)
     stack = stack.reshape(n, y, x).rechunk((1, y, x))
     if not dtype.isnative:
         stack = stack.astype(dtype.newbyteorder("="))
@@ -231,6 +231,23 @@ def _as_frames(source: Any, name: str) -> dask.array.Array:
             meta=np.empty((0, 0, 0), stack.dtype),
         )
     return stack
+
+
+class _SliceView:
+    """An array seen only through slicing.
+
+    ``dask.array.from_array`` copies any array that has a ``copy`` method, so a
+    memory-mapped file (a zarr array...) would be read whole into memory on opening and an
+    in-memory stack held twice; through this view dask reads the frames where they are, when
+    asked.
+    """
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, len(array.shape)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.array[key]
 
 
 def _check_finite_block(block: np.ndarray, name: str, block_info: dict | None = None) -> np.ndarray:
@@ -348,14 +365,13 @@ def _open_tiff(path: Path, name: str) -> Any:
                 "photometric='minisblack')."
             )
         return _TiffPages(path, name, (n, y, x), info.dtype)
-    # Uncompressed pixels stored in one run: map them, the fastest way to read frames.
     dtype = np.dtype(info.dtype).newbyteorder(info.byteorder)
     if info.dataoffset + n * y * x * dtype.itemsize > path.stat().st_size:
         raise StackError(
             f"{name}: {path} is a truncated TIFF file: it ends before its {n} frames of "
             f"{y}x{x} pixels; re-copy or re-export it."
         )
-    return np.memmap(path, dtype=dtype, mode="r", offset=info.dataoffset, shape=(n, y, x))
+    return _ContiguousTiff(path, name, (n, y, x), dtype, info.dataoffset)
 
 
 class _FrameReader(ABC):
@@ -398,6 +414,32 @@ class _FrameReader(ABC):
                 f"{self.name} frame {index} could not be read from {self.path} ({err}); the "
                 "file may be truncated or corrupt: re-copy or re-export it."
             ) from err
+
+
+class _ContiguousTiff(_FrameReader):
+    """A TIFF whose uncompressed frames are stored back to back: one plain read per frame.
+
+    Reading at a computed offset is the fastest way to get a frame. It is used rather than
+    a memory map because mapped pages count as the process's resident memory for as long as
+    the kernel keeps them, which grows with the part of a long file read so far.
+    """
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, int, int], dtype: np.dtype,
+                 offset: int):
+        self.path, self.name, self.shape, self.dtype = path, name, shape, np.dtype(dtype)
+        self.offset = offset
+
+    def _frame(self, index: int) -> np.ndarray:
+        count = self.shape[1] * self.shape[2]
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + index * count * self.dtype.itemsize)
+            frame = np.fromfile(f, dtype=self.dtype, count=count)
+        if frame.size != count:
+            raise StackError(
+                f"{self.name} frame {index} is cut short in {self.path}: the file is truncated "
+                "(did it change after it was opened?); re-copy or re-export it."
+            )
+        return frame.reshape(self.shape[1:])
 
 
 class _TiffPages(_FrameReader):
@@ -751,7 +793,7 @@ class StackWriter(ABC):
 class _TiffStackWriter(StackWriter):
     """BigTIFF, uncompressed, one page per frame in one contiguous series.
 
-    Contiguous pixels let :func:`read_stack` memory-map the result. The metadata is the
+    Contiguous pixels let :func:`read_stack` read each frame with one read. The metadata is the
     JSON ImageDescription of the first page, as tifffile writes it (``shape`` first).
     """
 
@@ -803,6 +845,71 @@ class _ZarrStackWriter(StackWriter):
             # An interrupted write keeps exactly the frames written, no blank tail.
             self._array.resize((self._frames_written, *self.frame_shape))
         self._array.attrs.update(self._status(complete))
+
+
+class BackgroundWriter:
+    """Hands frames to a :class:`StackWriter` that writes them in a thread of its own.
+
+    The caller computes the next frame while earlier ones are converted and written; at
+    most ``depth`` frames wait, so memory stays bounded when the disk is the slower side.
+    Used as a context manager around the writer's own: leaving the block waits for the
+    queued frames, then closes (or, after an error, aborts) the writer as the writer's own
+    ``with`` block would. An error in the writing thread is raised by the next
+    :meth:`write`, or when the block ends.
+
+    Parameters
+    ----------
+    writer : StackWriter
+    convert : callable, optional
+        Applied to each frame in the writing thread before it is written (e.g.
+        ``Normalization.invert``).
+    depth : int
+        Frames that may wait to be written.
+    """
+
+    _DONE = object()
+
+    def __init__(
+        self, writer: StackWriter, convert: Callable[[Any], Any] | None = None, depth: int = 4
+    ) -> None:
+        import queue
+
+        self.writer = writer
+        self.convert = convert
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="xfusion-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is self._DONE:
+                return
+            if self._error is not None:
+                continue  # drain: the caller learns of the error and stops
+            try:
+                self.writer.write(frame if self.convert is None else self.convert(frame))
+            except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                self._error = err
+
+    def write(self, frame: np.ndarray) -> None:
+        """Queue one frame; raises the error of an earlier write, if one failed."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(frame)
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._queue.put(self._DONE)
+        self._thread.join()
+        if exc_type is None and self._error is not None:
+            err = self._error
+            self.writer.__exit__(type(err), err, err.__traceback__)
+            raise err
+        self.writer.__exit__(exc_type, exc, tb)
 
 
 def open_writer(

@@ -19,7 +19,7 @@ import numpy as np
 from .attention import AttentionLog, attention_csv_path
 from .config import NoiseConfig, NormalizationConfig, TimeModel
 from .fusion import FusedFrame, FusionMethod, MappedFrames, ProgressCallback, output_times
-from .io import check_output_path, open_writer, read_stack
+from .io import BackgroundWriter, check_output_path, open_writer, read_stack
 from .normalize import Normalization, fit_normalization, match_normalization
 from .simulate import bin_frames, noise_b0, noisy_frame
 from .timeline import Timeline, full_rate_keyframes
@@ -128,6 +128,42 @@ class FusionResult:
     attention_path: Path | None
 
 
+def output_metadata(
+    method: str,
+    timeline: Timeline,
+    times: list[int],
+    subset: bool,
+    extra: dict | None = None,
+) -> dict[str, str]:
+    """The metadata stored with a fused stack: method, time model and keyframe mask.
+
+    Parameters
+    ----------
+    method : str
+        Name of the fusion method.
+    timeline : Timeline
+    times : list of int
+        The LR times of the output frames, in order.
+    subset : bool
+        Whether ``times`` were chosen by the user (they are then stored).
+    extra : dict, optional
+        More entries.
+
+    Returns
+    -------
+    dict
+        ``{"napari_xfusion": JSON}``, as the stack writers take it.
+    """
+    info = {
+        "method": method,
+        "time_model": asdict(timeline.model),
+        "frames": times if subset else None,
+        "keyframe_mask": timeline.keyframe_mask()[times].astype(int).tolist(),
+        **(extra or {}),
+    }
+    return {"napari_xfusion": json.dumps(info)}
+
+
 def fuse_iter(
     inputs: FusionInputs,
     method: FusionMethod,
@@ -173,31 +209,24 @@ def fuse_iter(
     output = check_output_path(output, overwrite=overwrite)
     n_lr, height, width = inputs.lr.shape
     scale = inputs.timeline.model.scale
-    info = {
-        "method": method.name,
-        "time_model": asdict(inputs.timeline.model),
-        "frames": times if frames is not None else None,
-        "keyframe_mask": inputs.timeline.keyframe_mask()[times].astype(int).tolist(),
-        **(metadata or {}),
-    }
+    info = output_metadata(method.name, inputs.timeline, times, frames is not None, metadata)
     log = AttentionLog()
-    with open_writer(
+    stack = open_writer(
         output,
         frame_shape=(scale * height, scale * width),
         dtype=np.dtype(inputs.hr_norm.dtype),
         n_frames=len(times),
         overwrite=overwrite,
-        metadata={"napari_xfusion": json.dumps(info)},
-    ) as writer:
+        metadata=info,
+    )
+    # Frames are converted and written in a thread of their own while the next is fused.
+    with BackgroundWriter(stack, convert=inputs.hr_norm.invert) as writer:
         for frame in method.fuse(inputs.lr, inputs.hr, inputs.timeline, times, progress):
-            writer.write(inputs.hr_norm.invert(frame.image))
+            writer.write(frame.image)
             log.add(frame)
             yield frame
     if len(log):
-        path = attention_csv_path(output)
-        partial = path.with_suffix(".csv.incomplete")
-        log.write_csv(partial)
-        partial.replace(path)
+        log.write_csv(attention_csv_path(output))
 
 
 def fuse_to_file(

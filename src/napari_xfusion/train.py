@@ -117,7 +117,7 @@ def train(
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
-    amp_dtype = autocast_dtype(device, config.precision, allow_fp16=False)
+    amp_dtype = autocast_dtype(device, config.precision, training=True)
     if device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
         torch.backends.cudnn.benchmark = True

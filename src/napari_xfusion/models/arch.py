@@ -9,6 +9,12 @@ keyframes down to the LR grid (``hr_feature``).
 Frames are ordered ``[LR t-r, LR t, LR t+r, HR k0, HR k1]``; the reference is frame 1 (LR t).
 Every network returns the HR estimate at time ``t`` and, per input frame, the spatial mean of
 its raw (pre-sigmoid) temporal-attention map: the paper's attention score.
+
+The forward pass has two halves. :meth:`~FusionNetwork.extract_features` turns single frames
+into feature pyramids that do not depend on the reference frame, so a frame's pyramid serves
+every output that reads it (an LR frame feeds three outputs, an HR keyframe up to ``2D``);
+:meth:`~FusionNetwork.fuse_features` aligns, fuses and reconstructs one output from the
+pyramids of its frames. ``forward(lr, hr)`` runs both halves, as training does.
 """
 
 from __future__ import annotations
@@ -51,6 +57,22 @@ def _scaled_kaiming_(conv: nn.Conv2d, scale: float) -> None:
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, stride, 1)
+
+
+def _conv_with_reference(conv: nn.Conv2d, x: Tensor, reference: Tensor) -> Tensor:
+    """``conv(cat([x, reference], 1))``, where consecutive frames of ``x`` share a reference.
+
+    The convolution is linear in its input channels, so the reference's half of it is
+    computed once per reference instead of once per frame: PCD compares every frame with
+    the same reference.
+
+    Shapes: x (N * T, C, H, W), reference (N, C, H, W) -> (N * T, C_out, H, W).
+    """
+    c = x.shape[1]
+    out = F.conv2d(x, conv.weight[:, :c], conv.bias, conv.stride, conv.padding)
+    shared = F.conv2d(reference, conv.weight[:, c:], None, conv.stride, conv.padding)
+    out.unflatten(0, (reference.shape[0], -1)).add_(shared.unsqueeze(1))
+    return out
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -118,8 +140,9 @@ class PCDAlignment(nn.Module):
     also doubled in magnitude) and refine the next. A last, cascading deformable conv at L1
     corrects residual misalignment.
 
-    Shapes: ``neighbour`` and ``reference`` are lists ``[L1, L2, L3]`` of (N, C, H, W),
-    (N, C, H/2, W/2), (N, C, H/4, W/4) -> aligned (N, C, H, W).
+    Shapes: ``neighbour`` is a list ``[L1, L2, L3]`` of (N * T, C, H, W), (N * T, C, H/2, W/2),
+    (N * T, C, H/4, W/4): T frames per batch item; ``reference`` the same with N items, one
+    reference per T consecutive frames -> aligned (N * T, C, H, W).
     """
 
     def __init__(self, channels: int, deform_groups: int, backend: Backend = "auto") -> None:
@@ -151,7 +174,9 @@ class PCDAlignment(nn.Module):
     def forward(self, neighbour: list[Tensor], reference: list[Tensor]) -> Tensor:
         up_offset = up_feat = None
         for i, level in ((2, "l3"), (1, "l2"), (0, "l1")):
-            offset = _lrelu(self.offset_conv1[level](torch.cat([neighbour[i], reference[i]], 1)))
+            offset = _lrelu(
+                _conv_with_reference(self.offset_conv1[level], neighbour[i], reference[i])
+            )
             if level == "l3":
                 offset = _lrelu(self.offset_conv2[level](offset))
             else:
@@ -165,8 +190,8 @@ class PCDAlignment(nn.Module):
                 # Offset features are in pixels of their level: double them with the grid.
                 up_offset = self._up(offset) * 2
                 up_feat = self._up(feat)
-        offset = torch.cat([feat, reference[0]], 1)
-        offset = _lrelu(self.cas_offset_conv2(_lrelu(self.cas_offset_conv1(offset))))
+        offset = _lrelu(_conv_with_reference(self.cas_offset_conv1, feat, reference[0]))
+        offset = _lrelu(self.cas_offset_conv2(offset))
         return _lrelu(self.cas_dcnpack(feat, offset))
 
 
@@ -265,10 +290,10 @@ class HRFeatureExtractor(nn.Module):
 class FusionNetwork(nn.Module):
     """Shared body of :class:`EDVRSTF` and :class:`EDVR`.
 
-    Per frame: first-layer features on the LR grid, shared residual extraction and a
-    3-level pyramid; then PCD alignment of every frame to the reference, TSA fusion,
-    residual reconstruction and two x2 pixel-shuffle stages, added to the bilinear x4
-    upsampling of LR ``t``.
+    Per frame (:meth:`extract_features`): first-layer features on the LR grid, shared
+    residual extraction and a 3-level pyramid. Per output (:meth:`fuse_features`): PCD
+    alignment of every frame to the reference, TSA fusion, residual reconstruction and two
+    x2 pixel-shuffle stages, added to the bilinear x4 upsampling of LR ``t``.
 
     Attributes
     ----------
@@ -325,43 +350,88 @@ class FusionNetwork(nn.Module):
             )
         return b, h, w
 
-    def _frame_features(self, lr: Tensor, hr: Tensor | None) -> Tensor:
-        """First-layer features of every frame on the LR grid, (B, T, C, h, w)."""
-        b, t, _, h, w = lr.shape
-        return _lrelu(self.conv_first(lr.reshape(b * t, 1, h, w))).reshape(b, t, -1, h, w)
+    def _first_layer(self, frames: Tensor, stream: str) -> Tensor:
+        """First-layer features on the LR grid: (N, 1, h, w) LR frames -> (N, C, h, w)."""
+        if stream != "lr":
+            raise ValueError(
+                f"{type(self).__name__} reads LR frames only, not the {stream!r} stream."
+            )
+        return _lrelu(self.conv_first(frames))
 
-    def _pyramid(self, feat_l1: Tensor) -> list[Tensor]:
-        """Shared extraction: (N, C, h, w) -> [L1 (N, C, h, w), L2 (h/2), L3 (h/4)]."""
-        feat_l1 = self.feature_extraction(feat_l1)
+    def _run(self, lr: Tensor, hr: Tensor | None) -> tuple[Tensor, Tensor]:
+        b, h, w = self._check_lr(lr)
+        pyramids = [self.extract_features(lr.reshape(b * 3, 1, h, w), "lr")]
+        if hr is not None:
+            pyramids.append(self.extract_features(hr.reshape(b * 2, 1, 4 * h, 4 * w), "hr"))
+        features = [
+            torch.cat([pyramid[level].unflatten(0, (b, -1)) for pyramid in pyramids], 1)
+            for level in range(3)
+        ]
+        return self.fuse_features(features, lr[:, REFERENCE_INDEX])
+
+    # -- public -------------------------------------------------------------------------
+
+    def extract_features(self, frames: Tensor, stream: str = "lr") -> list[Tensor]:
+        """Feature pyramids of single frames: the part of the network that does not depend
+        on the reference frame.
+
+        The first layer depends on the stream (one conv for LR frames; for HR keyframes the
+        HR branch, which brings them down to the LR grid); the residual extraction and the
+        pyramid are shared.
+
+        Parameters
+        ----------
+        frames : Tensor
+            LR frames of shape (N, 1, h, w) for ``stream="lr"``, HR keyframes of shape
+            (N, 1, 4h, 4w) for ``stream="hr"`` (EDVR-STF only); ``h`` and ``w`` multiples
+            of 4, values in [0, 1].
+        stream : {"lr", "hr"}
+            Which camera the frames come from.
+
+        Returns
+        -------
+        list of Tensor
+            ``[L1 (N, C, h, w), L2 (N, C, h/2, w/2), L3 (N, C, h/4, w/4)]``.
+        """
+        feat_l1 = self.feature_extraction(self._first_layer(frames, stream))
         feat_l2 = _lrelu(self.conv_l2_2(_lrelu(self.conv_l2_1(feat_l1))))
         feat_l3 = _lrelu(self.conv_l3_2(_lrelu(self.conv_l3_1(feat_l2))))
         return [feat_l1, feat_l2, feat_l3]
 
-    def _run(self, lr: Tensor, hr: Tensor | None) -> tuple[Tensor, Tensor]:
-        b, h, w = self._check_lr(lr)
-        feat = self._frame_features(lr, hr)
-        t, c = feat.shape[1], feat.shape[2]
-        pyramid = self._pyramid(feat.reshape(b * t, c, h, w))
+    def fuse_features(self, features: list[Tensor], lr_reference: Tensor) -> tuple[Tensor, Tensor]:
+        """One output frame per batch item from the feature pyramids of its input frames.
 
-        # All frames are aligned in one batch: the reference pyramid is repeated per frame.
-        levels = [x.reshape(b, t, c, *x.shape[-2:]) for x in pyramid]
-        ref = REFERENCE_INDEX
-        reference = [
-            x[:, ref : ref + 1].expand_as(x).reshape(b * t, c, *x.shape[-2:]) for x in levels
-        ]
-        aligned = self.pcd_align(pyramid, reference).reshape(b, t, c, h, w)
-        fused, correlation = self.fusion(aligned)
+        PCD alignment of every frame to the reference (frame 1), TSA fusion, reconstruction
+        and upsampling: the part of the network that runs once per output.
+
+        Parameters
+        ----------
+        features : list of Tensor
+            ``[L1 (B, T, C, h, w), L2 (B, T, C, h/2, w/2), L3 (B, T, C, h/4, w/4)]``: the
+            :meth:`extract_features` pyramids of the T input frames of each output, stacked
+            in frame order (``[LR t-r, LR t, LR t+r, HR k0, HR k1]``, or the first three
+            for EDVR).
+        lr_reference : Tensor, shape (B, 1, h, w)
+            LR frame ``t`` itself, whose bilinear x4 upsampling is the residual base.
+
+        Returns
+        -------
+        out : Tensor, shape (B, 1, 4h, 4w)
+            The HR estimate at time ``t`` (not clipped).
+        attention : Tensor, shape (B, T)
+            Spatial mean of each frame's pre-sigmoid temporal-attention map.
+        """
+        b, t = features[0].shape[:2]
+        reference = [x[:, REFERENCE_INDEX] for x in features]
+        aligned = self.pcd_align([x.flatten(0, 1) for x in features], reference)
+        fused, correlation = self.fusion(aligned.unflatten(0, (b, t)))
 
         out = self.reconstruction(fused)
         out = _lrelu(F.pixel_shuffle(self.upconv1(out), 2))
         out = _lrelu(F.pixel_shuffle(self.upconv2(out), 2))
         out = self.conv_last(_lrelu(self.conv_hr(out)))
-        base = F.interpolate(
-            lr[:, REFERENCE_INDEX], scale_factor=4, mode="bilinear", align_corners=False
-        )
+        base = F.interpolate(lr_reference, scale_factor=4, mode="bilinear", align_corners=False)
         return out + base, correlation.mean(dim=(2, 3))
-
-    # -- public -------------------------------------------------------------------------
 
     def receptive_field(self, max_offset: float = 8.0) -> int:
         """Upper estimate of the receptive-field radius, in LR pixels.
@@ -427,8 +497,13 @@ class EDVRSTF(FusionNetwork):
         super().__init__(config, deform_backend)
         self.hr_feature = HRFeatureExtractor(config.channels)
 
-    def _frame_features(self, lr: Tensor, hr: Tensor | None) -> Tensor:
-        b, _, _, h, w = lr.shape
+    def _first_layer(self, frames: Tensor, stream: str) -> Tensor:
+        if stream == "hr":
+            return self.hr_feature(frames)
+        return super()._first_layer(frames, stream)
+
+    def _check_hr(self, lr: Tensor, hr: Tensor | None) -> None:
+        b, h, w = self._check_lr(lr)
         expected = (b, 2, 1, 4 * h, 4 * w)
         if hr is None:
             raise ValueError(
@@ -440,9 +515,6 @@ class EDVRSTF(FusionNetwork):
                 f"hr must have shape (B, 2, 1, 4h, 4w) = {expected} for lr of shape "
                 f"{tuple(lr.shape)}, got {tuple(hr.shape)}."
             )
-        feat_lr = super()._frame_features(lr, None)
-        feat_hr = self.hr_feature(hr.reshape(b * 2, 1, 4 * h, 4 * w)).reshape(b, 2, -1, h, w)
-        return torch.cat([feat_lr, feat_hr], dim=1)
 
     def forward(self, lr: Tensor, hr: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Fuse one output frame per batch item.
@@ -462,6 +534,7 @@ class EDVRSTF(FusionNetwork):
             Spatial mean of each frame's pre-sigmoid temporal-attention map, frames in input
             order ``[LR t-r, LR t, LR t+r, HR k0, HR k1]``.
         """
+        self._check_hr(lr, hr)
         return self._run(lr, hr)
 
 
