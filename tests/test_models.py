@@ -140,3 +140,13 @@ def test_receptive_field_bounds_the_influence():
     # The estimate is an upper bound, but not a loose one: the influence reaches most of it.
     assert (ys - centre).abs().max() >= 0.75 * 4 * radius
     assert model.receptive_field() >= radius
+
+
+def test_attention_scores_keep_fp32_resolution_under_bf16():
+    # The plotted scores differ from frame to frame by less than bf16's ~3 digits.
+    model = _tiny()
+    lr, hr = _inputs(b=4, h=16, w=16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, attention = model(lr, hr)
+    assert attention.dtype == torch.float32
+    assert (attention != attention.to(torch.bfloat16).float()).any()

@@ -431,7 +431,9 @@ class FusionNetwork(nn.Module):
         out = _lrelu(F.pixel_shuffle(self.upconv2(out), 2))
         out = self.conv_last(_lrelu(self.conv_hr(out)))
         base = F.interpolate(lr_reference, scale_factor=4, mode="bilinear", align_corners=False)
-        return out + base, correlation.mean(dim=(2, 3))
+        # Averaged in fp32: under bf16 autocast a bf16 mean would round the scores to
+        # about three digits, coarser than the differences the attention plot shows.
+        return out + base, correlation.float().mean(dim=(2, 3))
 
     def receptive_field(self, max_offset: float = 8.0) -> int:
         """Upper estimate of the receptive-field radius, in LR pixels.
