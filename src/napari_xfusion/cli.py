@@ -12,9 +12,13 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import EngineConfig, NoiseConfig, TimeModel
 from .fusion import create_method, method_names
+
+if TYPE_CHECKING:
+    from .pipeline import FusionResult
 
 
 class ProgressBar:
@@ -123,39 +127,36 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     time_model = _time_model(args)
     if args.scheduler is not None:
-        return _fuse_on_cluster(args, time_model)
-    if args.workers is not None or args.chunk_frames is not None:
-        raise ValueError(
-            "--workers and --chunk-frames apply to a dask cluster: add --scheduler ADDRESS "
-            "(or --scheduler local)."
+        result = _fuse_on_cluster(args, time_model)
+    else:
+        if args.workers is not None or args.chunk_frames is not None:
+            raise ValueError(
+                "--workers and --chunk-frames apply to a dask cluster: add --scheduler ADDRESS "
+                "(or --scheduler local)."
+            )
+        # Options and the output path are checked before the slow work starts.
+        method = create_method(args.method, **_method_options(args))
+        inputs = prepare_inputs(args.lr, args.hr, time_model, hr_full_rate=args.hr_full_rate)
+        result = fuse_to_file(
+            inputs, method, args.output, overwrite=args.overwrite, frames=_frames(args.frames),
+            progress=ProgressBar(f"fusing ({method.label})"),
         )
-    # Options and the output path are checked before the slow work starts.
-    method = create_method(args.method, **_method_options(args))
-    inputs = prepare_inputs(args.lr, args.hr, time_model, hr_full_rate=args.hr_full_rate)
-    result = fuse_to_file(
-        inputs, method, args.output, overwrite=args.overwrite, frames=_frames(args.frames),
-        progress=ProgressBar(f"fusing ({method.label})"),
-    )
     print(f"wrote {result.frames} fused frames to {result.path} in {result.seconds:.1f} s")
     if result.attention_path is not None:
         print(f"attention scores: {result.attention_path}")
     return 0
 
 
-def _fuse_on_cluster(args: argparse.Namespace, time_model: TimeModel) -> int:
+def _fuse_on_cluster(args: argparse.Namespace, time_model: TimeModel) -> FusionResult:
     from .distributed import DEFAULT_CHUNK_FRAMES, connect, fuse_distributed
 
     with connect(args.scheduler, args.workers) as client:
-        result = fuse_distributed(
+        return fuse_distributed(
             args.lr, args.hr, time_model, args.method, args.output, client,
             method_options=_method_options(args), hr_full_rate=args.hr_full_rate,
             chunk_frames=args.chunk_frames or DEFAULT_CHUNK_FRAMES, overwrite=args.overwrite,
             frames=_frames(args.frames), progress=ProgressBar(f"fusing ({args.method}, cluster)"),
         )
-    print(f"wrote {result.frames} fused frames to {result.path} in {result.seconds:.1f} s")
-    if result.attention_path is not None:
-        print(f"attention scores: {result.attention_path}")
-    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import sys
@@ -237,9 +238,8 @@ class _SliceView:
     """An array seen only through slicing.
 
     ``dask.array.from_array`` copies any array that has a ``copy`` method, so a
-    memory-mapped file (a zarr array...) would be read whole into memory on opening and an
-    in-memory stack held twice; through this view dask reads the frames where they are, when
-    asked.
+    memory-mapped file would be read whole into memory on opening and an in-memory stack
+    held twice; through this view dask reads the frames where they are, when asked.
     """
 
     def __init__(self, array: Any) -> None:
@@ -872,8 +872,6 @@ class BackgroundWriter:
     def __init__(
         self, writer: StackWriter, convert: Callable[[Any], Any] | None = None, depth: int = 4
     ) -> None:
-        import queue
-
         self.writer = writer
         self.convert = convert
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
