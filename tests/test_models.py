@@ -150,3 +150,103 @@ def test_attention_scores_keep_fp32_resolution_under_bf16():
         _, attention = model(lr, hr)
     assert attention.dtype == torch.float32
     assert (attention != attention.to(torch.bfloat16).float()).any()
+
+
+# -- options beyond the paper -------------------------------------------------------------
+
+
+def _signature(model) -> str:
+    import hashlib
+
+    names = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("arch, signature", [("stf", "232f9147679ba4c6"),
+                                             ("edvr", "ca817b6c371ea443")])
+def test_paper_preset_keeps_the_papers_tensors(arch, signature):
+    # The names and shapes of every tensor, as in the paper's (BasicSR) checkpoints: the
+    # options beyond the paper must not change the paper preset.
+    config = ModelConfig.preset("paper", arch)
+    assert (config.base, config.time_input, config.hr_tail_channels) == ("bilinear", False, 64)
+    assert config.hr_branch_channels is None
+    assert _signature(build_model(config)) == signature
+
+
+def _with(**options):
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict({**ModelConfig.preset("tiny").to_dict(), **options})
+    return build_model(config, deform_backend="torch").eval()
+
+
+def test_transfer_base_starts_as_detail_transfer():
+    from napari_xfusion.baselines import detail_transfer
+
+    model = _with(base="transfer")
+    lr, hr = _inputs(b=2)
+    position = torch.tensor([0.25, 1.5])
+    with torch.no_grad():
+        out, _ = model(lr, hr, position)
+    for i, w0 in enumerate((0.75, 0.0)):  # past the last keyframe all weight goes to k1
+        expected = detail_transfer(lr[i, 1, 0].numpy(), hr[i, 0, 0].numpy(),
+                                   hr[i, 1, 0].numpy(), w0, 4)
+        torch.testing.assert_close(out[i, 0].clamp(0, 1), torch.from_numpy(expected),
+                                   atol=1e-5, rtol=0)
+
+
+def test_transfer_base_learns_per_pixel_keyframe_weights():
+    model = _with(base="transfer")
+    lr, hr = _inputs()
+    hr.requires_grad_()
+    with torch.no_grad():
+        model.keyframe_base.gate.bias.copy_(torch.tensor([-0.5, 0.5]))  # trust k1 more
+        out, _ = model(lr, hr, torch.tensor([0.5]))
+    base = F.interpolate(lr[:, 1], scale_factor=4, mode="bicubic", align_corners=False)
+    from napari_xfusion.models.arch import keyframe_detail
+
+    detail = keyframe_detail(hr.detach()[0])  # (2, 1, H, W)
+    torch.testing.assert_close(out[0], base[0] + detail[1], atol=1e-5, rtol=0)
+
+
+def test_time_input_starts_neutral_and_then_matters():
+    lr, hr = _inputs()
+    plain, timed = _with(), _with(time_input=True)
+    timed.load_state_dict({**plain.state_dict(), **{
+        k: v for k, v in timed.state_dict().items() if k.startswith("time_embedding")}})
+    with torch.no_grad():
+        reference, _ = plain(lr, hr)
+        same, _ = timed(lr, hr, torch.tensor([0.3]))
+        torch.testing.assert_close(same, reference)
+        timed.time_embedding.linear.weight.fill_(1.0)
+        early, _ = timed(lr, hr, torch.tensor([0.1]))
+        late, _ = timed(lr, hr, torch.tensor([0.9]))
+    assert (early - late).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("options", [{"base": "transfer"}, {"time_input": True}])
+def test_networks_that_need_the_position_ask_for_it(options):
+    lr, hr = _inputs()
+    with pytest.raises(ValueError, match="position of t between its keyframes"):
+        _with(**options)(lr, hr)
+
+
+def test_narrow_hr_layers_have_the_asked_widths():
+    model = _with(hr_tail_channels=6, hr_branch_channels=5)
+    assert model.conv_hr.weight.shape == (6, 6, 3, 3)
+    assert model.upconv2.weight.shape[0] == 4 * 6
+    assert model.hr_feature.conv2.weight.shape == (5, 5, 3, 3)
+    assert model.hr_feature.conv3.weight.shape == (8, 5, 3, 3)  # back to C = 8
+    lr, hr = _inputs()
+    with torch.no_grad():
+        out, _ = model(lr, hr)
+    assert out.shape == (1, 1, 32, 48)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="base must be one of"):
+        ModelConfig(base="nearest")
+    with pytest.raises(ValueError, match="LR-only 'edvr'"):
+        ModelConfig(arch="edvr", base="transfer")
+    with pytest.raises(ValueError, match="hr_tail_channels must be a whole number"):
+        ModelConfig(hr_tail_channels=0)
+    assert ModelConfig.preset("default", "edvr").base == "bilinear"

@@ -260,3 +260,32 @@ def test_sampler_refuses_frames_smaller_than_the_crop():
 def test_quantize_round_trips_grey_levels():
     levels = np.arange(256) / 255.0
     assert np.array_equal(quantize(levels), np.arange(256))
+
+
+def test_a_variant_starts_from_related_weights_and_logs_its_start(real_dir, tmp_path):
+    from napari_xfusion.config import ModelConfig
+    from napari_xfusion.models import save_weights
+
+    torch.manual_seed(1)
+    start = save_weights(build_model(ModelConfig.preset("tiny")), tmp_path / "start.safetensors")
+    variant = ModelConfig.from_dict(
+        {**ModelConfig.preset("tiny").to_dict(), "base": "transfer", "time_input": True}
+    )
+    lines = []
+    config = TrainConfig(**SMALL, model=variant, iterations=2, real_dir=str(real_dir),
+                         init_weights=str(start), out_dir=str(tmp_path / "run"),
+                         log_every=1, validate_every=2)
+    weights = train(config, progress=lines.append)
+    assert any("new: conv_last.weight" in line and "keyframe_base.gate.weight" in line
+               for line in lines)
+    trained = load_weights(weights)
+    assert trained.config == variant
+    # The config round-trips through the checkpoint's identity and the weights' metadata.
+    saved = TrainConfig.from_dict(json.loads(read_metadata(weights)["training_config"]))
+    assert saved.model == variant
+    with open(tmp_path / "run" / LOG_CSV) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
+    assert float(rows[0]["val_psnr"]) > 0 and rows[0]["loss"] == ""
+    with pytest.raises(ValueError, match="make them agree"):
+        TrainConfig(model=variant, arch="edvr")

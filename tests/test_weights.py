@@ -15,6 +15,7 @@ from napari_xfusion.models import (
     build_model,
     bundled_weights_path,
     convert_pth,
+    init_from,
     load_weights,
     read_metadata,
     save_weights,
@@ -176,3 +177,34 @@ def test_half_precision_file_loads_into_a_float32_network(tmp_path):
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert b.dtype == torch.float32
         torch.testing.assert_close(b, a.half().float(), atol=0, rtol=0, msg=name)
+
+
+def test_init_from_copies_what_fits_and_names_the_rest():
+    source = _model("stf")
+    options = {"base": "transfer", "time_input": True, "hr_tail_channels": 4}
+    config = ModelConfig.from_dict({**source.config.to_dict(), **options})
+    target = build_model(config, deform_backend="torch")
+    fresh = init_from(target, source)
+    # The narrower tail and the new heads start afresh; conv_last also because the
+    # residual is added to another base.
+    assert set(fresh) == {
+        "upconv2.weight", "upconv2.bias", "conv_hr.weight", "conv_hr.bias",
+        "conv_last.weight", "conv_last.bias", "keyframe_base.gate.weight",
+        "keyframe_base.gate.bias", "time_embedding.linear.weight", "time_embedding.linear.bias",
+    }
+    theirs = source.state_dict()
+    for name, tensor in target.state_dict().items():
+        if name not in fresh:
+            assert torch.equal(tensor, theirs[name]), name
+
+
+def test_edvr_starts_from_the_lr_path_of_edvr_stf():
+    source = _model("stf")
+    target = build_model(ModelConfig.preset("tiny", "edvr"), deform_backend="torch")
+    assert init_from(target, source) == []
+    c = source.config.channels
+    theirs = source.state_dict()
+    for name in ("fusion.feat_fusion.weight", "fusion.spatial_attn1.weight"):
+        assert torch.equal(target.state_dict()[name], theirs[name][:, : 3 * c])
+    assert torch.equal(target.state_dict()["pcd_align.dcn_pack.l1.weight"],
+                       theirs["pcd_align.dcn_pack.l1.weight"])

@@ -156,7 +156,7 @@ def test_errors_during_a_run_are_reported(dock, qtbot, monkeypatch, small_experi
     monkeypatch.setattr(_widget, "show_error", shown.append)
     run(qtbot, widget)
     assert shown and "NaN" in shown[0]
-    assert "fusion failed" in widget.message.value and "NaN" in widget.message.value
+    assert "failed" in widget.message.value and "NaN" in widget.message.value
     assert widget.run_button.enabled
 
 
@@ -189,5 +189,21 @@ def test_calibration_runs_in_the_background_and_reports(dock, qtbot, monkeypatch
     result = views[0].result
     assert result.iterations == 3 and np.isfinite(result.psnr_after)
     assert len(views[0].figure.axes) == 2
-    if result.helped:
-        assert widget.weights.value == result.weights_path
+    # Three steps cannot show a gain: the weights in use stay selected.
+    assert result.verdict == "cannot tell"
+    assert widget._path(widget.weights) != result.weights_path
+
+
+def test_assessment_shows_the_table_and_selects_the_best(dock, qtbot):
+    viewer, widget = dock
+    widget.method.value = "bicubic"
+    widget.start_assessment()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    table = widget.assessment.value
+    # The tiny random network is chosen as the stf weights file: it cannot win.
+    for name in ("bicubic", "transfer", "bayes", "stf"):
+        assert f"\n{name} " in table
+    assert "<- recommended" in table
+    assert widget.method.value in ("transfer", "bayes")
+    assert "predicts this recording's keyframes best" in widget.message.value
+    assert widget.run_button.enabled

@@ -176,13 +176,16 @@ class FusionWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.speed = Label(label="")
         self.calibrate_button = PushButton(text="Calibrate on keyframes")
-        self.calibrate_minutes = SpinBox(label="calibration minutes", value=3, min=1, max=600)
+        self.calibrate_minutes = SpinBox(label="calibration minutes", value=5, min=1, max=600)
+        self.assess_button = PushButton(text="Assess methods on keyframes")
+        self.assessment = Label(label="")
+        self.assessment.native.setStyleSheet("font-family: monospace")
         self.extend([
             self.lr, self.hr, self.full_rate, self.spacing, self.offset, self.separation,
             self.scale, self.method, self.weights, self.device, self.badge, self.tile,
             self.overlap, self.truth, self.output, self.overwrite, self.message,
             self.run_button, self.cancel_button, self.progress, self.speed,
-            self.calibrate_minutes, self.calibrate_button,
+            self.assess_button, self.assessment, self.calibrate_minutes, self.calibrate_button,
         ])
         self._guess_layers()
 
@@ -197,6 +200,7 @@ class FusionWidget(Container):
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.calibrate_button.changed.connect(self.start_calibration)
+        self.assess_button.changed.connect(self.start_assessment)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
         self._read_time_model()
@@ -335,10 +339,11 @@ class FusionWidget(Container):
         except ValueError as err:
             self._say(str(err), error=True)
             self.run_button.enabled = self.calibrate_button.enabled = False
+            self.assess_button.enabled = False
             return
         self._place_layers(plan.time_model)
         self._say(f"ready: {plan.n_frames} frames of {plan.frame_shape[1]}x{plan.frame_shape[0]}")
-        self.run_button.enabled = True
+        self.run_button.enabled = self.assess_button.enabled = True
         self.calibrate_button.enabled = plan.method == "stf"
 
     def _show_device(self) -> None:
@@ -413,7 +418,7 @@ class FusionWidget(Container):
         self._say("cancelling after the current frame...")
 
     def _set_running(self, running: bool) -> None:
-        self.run_button.enabled = not running
+        self.run_button.enabled = self.assess_button.enabled = not running
         self.calibrate_button.enabled = not running
         self.cancel_button.enabled = running
 
@@ -471,8 +476,11 @@ class FusionWidget(Container):
 
     def _on_error(self, err: Exception) -> None:
         self._failed = True
-        show_error(f"fusion failed: {err}")
-        self._say(f"fusion failed: {err}", error=True)
+        if isinstance(err, InterruptedError):  # a cancelled assessment
+            self._say(str(err))
+            return
+        show_error(f"failed: {err}")
+        self._say(f"failed: {err}", error=True)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -518,7 +526,7 @@ class FusionWidget(Container):
         self._say("calibrating: preparing the keyframes...")
         self._run_in_background(
             calibration_steps, plan, config, self._stop, self._lines.line.emit,
-            returned=self._on_calibrated, finished=self._on_calibration_finished,
+            returned=self._on_calibrated, finished=self._on_background_finished,
         )
 
     def _on_calibrated(self, result) -> None:
@@ -528,18 +536,42 @@ class FusionWidget(Container):
         self.viewer.window.add_dock_widget(view, name="Calibration", area="right")
         if result.helped:
             self.weights.value = str(result.weights_path)
-            show_info(
-                f"calibration helped ({result.psnr_before:.2f} -> {result.psnr_after:.2f} dB on "
-                "held-out keyframes): the calibrated weights are selected."
-            )
+            show_info(f"calibration {result.summary()}: the calibrated weights are selected.")
         else:
             show_info(
-                f"calibration did not help ({result.psnr_before:.2f} -> "
-                f"{result.psnr_after:.2f} dB): keeping the current weights."
+                f"calibration {result.summary()}: keeping the current weights (the calibrated "
+                f"ones are in {result.weights_path})."
             )
 
-    def _on_calibration_finished(self) -> None:
+    def _on_background_finished(self) -> None:
         self.worker = None
         self._set_running(False)
         self.calibrate_button.enabled = self.method.value == "stf"
         self.progress.max, self.progress.value = 1, 1
+
+    # --- assessment -----------------------------------------------------------------
+
+    def start_assessment(self) -> None:
+        """Score every method on this recording's keyframes in the background."""
+        plan = self._begin()
+        if plan is None:
+            return
+        from ._assessment import assessment_steps
+
+        self._lines = _Lines()  # kept alive while the worker reports
+        self._lines.line.connect(self._say)
+        self.progress.max, self.progress.value = 0, 0  # busy indicator
+        self._say("assessing: normalizing the stacks...")
+        self._run_in_background(
+            assessment_steps, plan, self._stop, self._lines.line.emit,
+            returned=self._on_assessed, finished=self._on_background_finished,
+        )
+
+    def _on_assessed(self, assessment) -> None:
+        best = assessment.best
+        self.assessment.value = (
+            f"keyframes {assessment.keyframes}, each predicted from its neighbours:\n"
+            + assessment.table()
+        )
+        self.method.value = best.name
+        self._say(f"{best.label} predicts this recording's keyframes best: selected.")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .fusion import FusedFrame, PerFrameMethod, output_times, register
 from .simulate import bin_frames
-from .timeline import FrameInputs, Timeline
+from .timeline import FrameInputs, Timeline, keyframe_position
 
 #: LR frames upsampled per PyTorch call when the bicubic method streams a sequence.
 BICUBIC_BATCH = 16
@@ -170,10 +170,8 @@ def keyframe_weights(t: float, k0: float, k1: float) -> tuple[float, float]:
     ``w0 = (k1 - t) / (k1 - k0)`` clipped to [0, 1] and ``w1 = 1 - w0``: outside
     ``[k0, k1]`` (at the sequence ends) all weight goes to the nearer keyframe.
     """
-    if not k1 > k0:
-        raise ValueError(f"keyframe times must increase, got k0={k0} and k1={k1}.")
-    w0 = float(np.clip((k1 - t) / (k1 - k0), 0.0, 1.0))
-    return w0, 1.0 - w0
+    w1 = float(np.clip(keyframe_position(t, k0, k1), 0.0, 1.0))
+    return 1.0 - w1, w1
 
 
 def detail_transfer(lr_t, hr_k0, hr_k1, w0: float, scale: int) -> np.ndarray:
@@ -495,9 +493,13 @@ class Bicubic(PerFrameMethod):
     def fuse_frame(self, lr: np.ndarray, hr: np.ndarray, inputs: FrameInputs) -> np.ndarray:
         return bicubic_upsample(lr[1], scale_between(lr.shape, hr.shape))
 
+    def prepare(self, lr, hr, timeline: Timeline) -> None:
+        _check_stacks(lr, hr, timeline)
+
     def fuse(self, lr, hr, timeline, frames=None, progress=None):
         # HR frames are never read, and LR frames are interpolated in batches.
-        scale = _check_stacks(lr, hr, timeline)
+        self.prepare(lr, hr, timeline)
+        scale = timeline.model.scale
         times = output_times(timeline, frames)
         for start in range(0, len(times), BICUBIC_BATCH):
             batch = times[start : start + BICUBIC_BATCH]
@@ -527,9 +529,8 @@ class DetailTransfer(PerFrameMethod):
         w0, _ = keyframe_weights(inputs.t, *inputs.hr_times)
         return detail_transfer(lr[1], hr[0], hr[1], w0, scale_between(lr.shape, hr.shape))
 
-    def fuse(self, lr, hr, timeline, frames=None, progress=None):
+    def prepare(self, lr, hr, timeline: Timeline) -> None:
         _check_stacks(lr, hr, timeline)
-        yield from super().fuse(lr, hr, timeline, frames, progress)
 
 
 @register
@@ -547,15 +548,15 @@ class BayesianFusion(PerFrameMethod):
         temporal covariances are learned from (>= 1).
     noise_var : float, optional
         Fix the degradation model to gain 1, offset 0 and this LR noise variance. By default
-        :meth:`fuse` calibrates all three on up to :data:`CALIBRATION_PAIRS` keyframes paired
+        :meth:`prepare` calibrates all three on up to :data:`CALIBRATION_PAIRS` keyframes paired
         with the LR frames taken at the same times (Xue et al.'s calibration).
 
     Attributes
     ----------
     degradation : Degradation
-        The degradation model :meth:`fuse_frame` uses: set by :meth:`fuse`; before that the
-        identity with ``noise_var`` (0 if not given). Since :meth:`fuse` replaces it, one
-        instance fuses one sequence at a time.
+        The degradation model :meth:`fuse_frame` uses: set by :meth:`prepare` (which
+        :meth:`fuse` calls); before that the identity with ``noise_var`` (0 if not given).
+        Since :meth:`prepare` replaces it, one instance fuses one sequence at a time.
     """
 
     name = "bayes"
@@ -578,11 +579,10 @@ class BayesianFusion(PerFrameMethod):
             lr[1], hr[0], hr[1], scale_between(lr.shape, hr.shape), self.degradation, **self.options
         )
 
-    def fuse(self, lr, hr, timeline, frames=None, progress=None):
+    def prepare(self, lr, hr, timeline: Timeline) -> None:
         scale = _check_stacks(lr, hr, timeline)
         if self.noise_var is None:
             self.degradation = self.calibrate(lr, hr, timeline, scale)
-        yield from super().fuse(lr, hr, timeline, frames, progress)
 
     @staticmethod
     def calibrate(lr, hr, timeline: Timeline, scale: int) -> Degradation:

@@ -8,6 +8,7 @@ status 2; no half-written output is left under the output name.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -16,6 +17,9 @@ from typing import TYPE_CHECKING
 
 from .config import EngineConfig, NoiseConfig, TimeModel
 from .fusion import create_method, method_names
+
+#: The methods that run a network and take the network options.
+NEURAL_METHODS = ("stf", "edvr")
 
 if TYPE_CHECKING:
     from .pipeline import FusionResult
@@ -79,16 +83,33 @@ def _add_time_model(parser: argparse.ArgumentParser, keyframes_default: bool = T
     group.add_argument("--scale", type=int, default=4, help="HR/LR pixel size ratio. Default 4.")
 
 
-def _add_stack_inputs(parser: argparse.ArgumentParser, output_help: str) -> None:
-    """The LR and HR stacks, the output and the time model, shared by fuse and calibrate."""
+def _add_stack_inputs(parser: argparse.ArgumentParser, output_help: str | None = None) -> None:
+    """The LR and HR stacks, the output (if any) and the time model, shared by the commands
+    that read a recording."""
     parser.add_argument("lr", help="LR stack: multi-page TIFF or folder of TIFF frames")
     parser.add_argument("hr", help="HR keyframes: multi-page TIFF or folder of TIFF frames")
-    parser.add_argument("-o", "--output", required=True, help=output_help)
+    if output_help is not None:
+        parser.add_argument("-o", "--output", required=True, help=output_help)
     _add_time_model(parser)
     parser.add_argument(
         "--hr-full-rate", action="store_true",
         help="the HR stack has a frame at every LR time; keep every D-th from the offset",
     )
+
+
+def _add_network_options(parser: argparse.ArgumentParser) -> None:
+    net = parser.add_argument_group("neural methods (stf, edvr)")
+    net.add_argument("--weights", help="weights file (default: the bundled weights)")
+    net.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    net.add_argument("--tile", type=int, default=None,
+                     help="tile size in LR pixels, 0 = whole frames (default: whole frames up "
+                     "to 256x256 LR pixels, 256-pixel tiles above)")
+    net.add_argument("--overlap", type=int, default=EngineConfig.overlap,
+                     help=f"tile overlap in LR pixels (default {EngineConfig.overlap})")
+    net.add_argument("--batch", type=int, default=EngineConfig.batch,
+                     help=f"tiles per forward pass (default {EngineConfig.batch})")
+    net.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
 
 
 def _time_model(args: argparse.Namespace) -> TimeModel:
@@ -112,31 +133,67 @@ def _frames(spec: str | None) -> list[int] | None:
         ) from None
 
 
-def _method_options(args: argparse.Namespace) -> dict:
-    if args.method not in ("stf", "edvr"):
+def _method_options(args: argparse.Namespace, name: str) -> dict:
+    """Keyword options of method ``name`` from the command line (networks only)."""
+    if name not in NEURAL_METHODS:
         return {}
     engine = EngineConfig(
         device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch,
         precision=args.precision,
     )
-    return {"weights": args.weights, "engine": engine}
+    weights = args.weights
+    if weights is not None and getattr(args, "method", "auto") == "auto":
+        # Among several candidate networks, a weights file serves the one of its architecture.
+        from .models import read_metadata
+
+        arch = json.loads(read_metadata(weights)["model_config"]).get("arch")
+        weights = weights if arch == name else None
+    return {"weights": weights, "engine": engine}
+
+
+def _choose_method(args: argparse.Namespace, inputs) -> str:
+    """``--method auto``: assess every method that runs here on the keyframes, pick the best."""
+    from .assess import assess, candidate_methods
+
+    methods, skipped = candidate_methods(lambda name: _method_options(args, name))
+    for name, reason in skipped.items():
+        print(f"auto: leaving out {name}: {reason}", file=sys.stderr)
+    assessment = assess(
+        inputs.lr, inputs.hr, inputs.timeline, methods,
+        progress=ProgressBar("assessing the methods on the keyframes"),
+    )
+    print(assessment.table())
+    best = assessment.best
+    print(f"auto: fusing with {best.name} ({best.label}), the best on this recording's keyframes")
+    return best.name
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
+    from .io import check_output_path
     from .pipeline import fuse_to_file, prepare_inputs
 
     time_model = _time_model(args)
-    if args.scheduler is not None:
-        result = _fuse_on_cluster(args, time_model)
-    else:
-        if args.workers is not None or args.chunk_frames is not None:
+    if args.workers is not None or args.chunk_frames is not None:
+        if args.scheduler is None:
             raise ValueError(
                 "--workers and --chunk-frames apply to a dask cluster: add --scheduler ADDRESS "
                 "(or --scheduler local)."
             )
+    if args.scheduler is not None:
+        if args.method == "auto":
+            check_output_path(args.output, overwrite=args.overwrite)
+            inputs = prepare_inputs(args.lr, args.hr, time_model, hr_full_rate=args.hr_full_rate)
+            args.method = _choose_method(args, inputs)
+        result = _fuse_on_cluster(args, time_model)
+    else:
         # Options and the output path are checked before the slow work starts.
-        method = create_method(args.method, **_method_options(args))
+        if args.method != "auto":
+            method = create_method(args.method, **_method_options(args, args.method))
+        check_output_path(args.output, overwrite=args.overwrite)
         inputs = prepare_inputs(args.lr, args.hr, time_model, hr_full_rate=args.hr_full_rate)
+        if args.method == "auto":
+            chosen = _choose_method(args, inputs)
+            method = create_method(chosen, **_method_options(args, chosen))
         result = fuse_to_file(
             inputs, method, args.output, overwrite=args.overwrite, frames=_frames(args.frames),
             progress=ProgressBar(f"fusing ({method.label})"),
@@ -153,10 +210,46 @@ def _fuse_on_cluster(args: argparse.Namespace, time_model: TimeModel) -> FusionR
     with connect(args.scheduler, args.workers) as client:
         return fuse_distributed(
             args.lr, args.hr, time_model, args.method, args.output, client,
-            method_options=_method_options(args), hr_full_rate=args.hr_full_rate,
+            method_options=_method_options(args, args.method), hr_full_rate=args.hr_full_rate,
             chunk_frames=args.chunk_frames or DEFAULT_CHUNK_FRAMES, overwrite=args.overwrite,
             frames=_frames(args.frames), progress=ProgressBar(f"fusing ({args.method}, cluster)"),
         )
+
+
+def cmd_assess(args: argparse.Namespace) -> int:
+    from .assess import assess, candidate_methods
+    from .pipeline import prepare_inputs
+
+    methods, skipped = candidate_methods(lambda name: _method_options(args, name))
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(methods) - set(skipped))
+        if unknown:
+            raise ValueError(
+                f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(methods)}."
+            )
+        methods = {name: m for name, m in methods.items() if name in args.methods}
+        skipped = {name: r for name, r in skipped.items() if name in args.methods}
+    for name, reason in skipped.items():
+        print(f"leaving out {name}: {reason}", file=sys.stderr)
+    for path in args.calibrated or []:
+        engine = _method_options(args, "stf")["engine"]
+        methods[f"stf ({Path(path).name})"] = create_method("stf", weights=path, engine=engine)
+    inputs = prepare_inputs(args.lr, args.hr, _time_model(args), hr_full_rate=args.hr_full_rate)
+    assessment = assess(
+        inputs.lr, inputs.hr, inputs.timeline, methods,
+        keyframes=None if args.keyframes == 0 else args.keyframes,
+        progress=ProgressBar("predicting keyframes"),
+    )
+    print(
+        f"each of keyframes {assessment.keyframes} predicted from its neighbours "
+        f"({2 * inputs.timeline.model.spacing} frames apart, twice the spacing: the figures "
+        "are conservative, the ranking is what counts)"
+    )
+    print(assessment.table())
+    print(f"recommended: --method {assessment.recommended}"
+          if assessment.recommended in method_names() else
+          f"recommended: {assessment.recommended}")
+    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -239,12 +332,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     inputs = prepare_inputs(args.lr, args.hr, _time_model(args), hr_full_rate=args.hr_full_rate)
     result = calibrate(inputs.lr, inputs.hr, inputs.timeline, config, weights=args.weights)
-    print(
-        f"held-out keyframes {result.validation_keyframes}: PSNR {result.psnr_before:.2f} dB "
-        f"before, {result.psnr_after:.2f} dB after calibration (bicubic {result.bicubic_psnr:.2f} dB)"
-    )
-    verdict = "it helped: use" if result.helped else "it did not help: keep using"
-    print(f"{verdict} --weights {result.recommended}")
+    if result.helped:
+        print(f"use the calibrated weights: --weights {result.weights_path}")
+    else:
+        print(
+            f"keep using --weights {result.recommended} (the calibrated ones are in "
+            f"{result.weights_path} should you want to compare them yourself)"
+        )
     return 0
 
 
@@ -261,23 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help="fuse an LR stack and HR keyframes into one HR stack")
     _add_stack_inputs(p, "output stack (.tif BigTIFF or .zarr)")
     p.add_argument(
-        "--method", "-m", default="transfer", choices=method_names(),
-        help="fusion method (default: transfer)",
+        "--method", "-m", default="transfer", choices=[*method_names(), "auto"],
+        help="fusion method (default: transfer); auto: the best on this recording's "
+        "keyframes (see xfusion assess)",
     )
     p.add_argument("--frames", help="fuse only these LR times: START:STOP or a list 1,5,9")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    net = p.add_argument_group("neural methods (stf, edvr)")
-    net.add_argument("--weights", help="weights file (default: the bundled weights)")
-    net.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    net.add_argument("--tile", type=int, default=None,
-                     help="tile size in LR pixels, 0 = whole frames (default: whole frames up "
-                     "to 256x256 LR pixels, 256-pixel tiles above)")
-    net.add_argument("--overlap", type=int, default=EngineConfig.overlap,
-                     help=f"tile overlap in LR pixels (default {EngineConfig.overlap})")
-    net.add_argument("--batch", type=int, default=EngineConfig.batch,
-                     help=f"tiles per forward pass (default {EngineConfig.batch})")
-    net.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                     help="auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
+    _add_network_options(p)
     dist = p.add_argument_group(
         "many GPUs or nodes (dask.distributed; pip install \"napari-xfusion[distributed]\")"
     )
@@ -290,6 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--chunk-frames", type=int,
                       help="output frames per cluster task (default 64)")
     p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser(
+        "assess",
+        help="which method suits this recording: predict each keyframe from its neighbours "
+        "with every method and compare",
+    )
+    _add_stack_inputs(p)
+    p.add_argument("--methods", nargs="+", help="methods to compare (default: all that run here)")
+    p.add_argument("--calibrated", nargs="+", metavar="WEIGHTS",
+                   help="also compare EDVR-STF with these weights (e.g. from xfusion calibrate)")
+    p.add_argument("--keyframes", type=int, default=12,
+                   help="most keyframes to predict, evenly spread; 0 = all (default 12)")
+    _add_network_options(p)
+    p.set_defaults(func=cmd_assess)
 
     p = sub.add_parser(
         "simulate",
@@ -347,8 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_stack_inputs(p, "fine-tuned weights file (.safetensors)")
     p.add_argument("--weights", help="weights to start from (default: the bundled weights)")
-    p.add_argument("--iterations", type=int, default=300, help="fine-tuning steps (default 300)")
-    p.add_argument("--max-minutes", type=float, help="stop fine-tuning after this long")
+    p.add_argument("--max-minutes", type=float, default=5.0,
+                   help="minutes of fine-tuning: as many steps as fit (default 5)")
+    p.add_argument("--iterations", type=int, default=100_000,
+                   help="most fine-tuning steps, if they come before --max-minutes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_calibrate)

@@ -176,6 +176,8 @@ class EngineConfig:
 
 #: Architectures the ``models`` package can build.
 MODEL_ARCHS = ("stf", "edvr")
+#: What a network's reconstruction residual can be added to (see :class:`ModelConfig`).
+MODEL_BASES = ("bilinear", "transfer")
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,20 @@ class ModelConfig:
         ``channels``.
     scale : int
         Spatial scale between LR and HR; only 4 is supported.
+    base : str
+        What the reconstruction's residual is added to. ``"bilinear"`` (the paper):
+        bilinear x4 upsampling of LR ``t``. ``"transfer"`` (EDVR-STF only): detail
+        transfer, i.e. bicubic LR ``t`` plus the high frequencies of the two keyframes,
+        each weighted per pixel by a weight the network predicts on top of the linear time
+        weight; it starts as exactly the ``transfer`` method and learns what to change.
+    time_input : bool
+        Give the network the position of ``t`` between its two keyframes (it cannot tell
+        otherwise); added to the fused features through a learned vector.
+    hr_tail_channels : int
+        Channels of the two layers at full HR resolution (64 in EDVR and the paper).
+    hr_branch_channels : int or None
+        Channels of the EDVR-STF keyframe branch's two layers at (and near) full HR
+        resolution; None: ``channels``, as in the paper.
     """
 
     arch: str = "stf"
@@ -209,6 +225,10 @@ class ModelConfig:
     recon_blocks: int = 10
     deform_groups: int = 4
     scale: int = 4
+    base: str = "bilinear"
+    time_input: bool = False
+    hr_tail_channels: int = 64
+    hr_branch_channels: int | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -236,6 +256,31 @@ class ModelConfig:
             self.scale == 4,
             f"only a scale of 4 is supported by the EDVR-STF network, got {self.scale}: "
             "bin or resample the LR stream to a quarter of the HR size.",
+        )
+        _require(
+            self.base in MODEL_BASES,
+            f"model base must be one of {', '.join(MODEL_BASES)}; got {self.base!r}.",
+        )
+        _require(
+            self.base == "bilinear" or self.arch == "stf",
+            f"base {self.base!r} transfers keyframe detail, which the LR-only {self.arch!r} "
+            "network does not see: use base 'bilinear' for it.",
+        )
+        _require(
+            isinstance(self.time_input, bool),
+            f"model setting time_input must be true or false, got {self.time_input!r}.",
+        )
+        for name in ("hr_tail_channels", "hr_branch_channels"):
+            value = getattr(self, name)
+            _require(
+                (value is None and name == "hr_branch_channels")
+                or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+                f"model setting {name} must be a whole number >= 1, got {value!r}.",
+            )
+        _require(
+            self.hr_branch_channels is None or self.arch == "stf",
+            "hr_branch_channels sizes the keyframe branch of EDVR-STF; leave it None for "
+            f"the {self.arch!r} network.",
         )
 
     def to_dict(self) -> dict:
@@ -271,7 +316,11 @@ class ModelConfig:
             raise ValueError(
                 f"unknown model preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}."
             )
-        return cls.from_dict({**MODEL_PRESETS[name].to_dict(), "arch": arch})
+        settings = {**MODEL_PRESETS[name].to_dict(), "arch": arch}
+        if arch != "stf":
+            # Options about keyframes have no meaning for an LR-only network.
+            settings.update(base="bilinear", hr_branch_channels=None)
+        return cls.from_dict(settings)
 
 
 #: Named network sizes; :meth:`ModelConfig.preset` picks one and sets the architecture.
@@ -312,6 +361,9 @@ class TrainConfig:
         Network size, a key of :data:`MODEL_PRESETS`.
     arch : str
         ``"stf"`` (EDVR-STF) or ``"edvr"`` (the LR-only baseline).
+    model : ModelConfig, optional
+        The network to train, when it is none of the presets (architecture ablations);
+        replaces ``preset`` and must have the architecture ``arch``.
     iterations : int
         Optimizer steps of the whole run; the cosine schedule spans them.
     batch_size : int
@@ -371,7 +423,8 @@ class TrainConfig:
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     precision : str
-        ``"auto"`` (bf16 autocast on CUDA, fp32 on the CPU), ``"fp32"`` or ``"bf16"``.
+        ``"auto"`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32),
+        ``"fp32"`` or ``"bf16"``.
     channels_last : bool
         Channels-last memory format for the network (a few percent faster on GPUs and
         CPUs alike).
@@ -383,12 +436,14 @@ class TrainConfig:
     loader_threads : int
         Threads that cut the next batches while the current one trains.
     init_weights : str, optional
-        A weights file of the same network to start from (transfer learning) instead of
-        random initial weights.
+        A weights file of a related network to start from (transfer learning) instead of
+        random initial weights: every tensor that fits is copied
+        (:func:`napari_xfusion.models.init_from`), the rest starts afresh.
     """
 
     preset: str = "default"
     arch: str = "stf"
+    model: ModelConfig | None = None
     iterations: int = 24000
     batch_size: int = 16
     lr_crop: int = 64
@@ -428,6 +483,13 @@ class TrainConfig:
         # Tuples come back from JSON as lists; store them as tuples so configs compare equal.
         for name in ("betas", "real_validation", "log_b0_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
+        _require(
+            self.model is None or self.model.arch == self.arch,
+            f"the model to train is an {getattr(self.model, 'arch', None)!r} network but arch "
+            f"is {self.arch!r}: make them agree.",
+        )
         _require(
             self.preset in MODEL_PRESETS,
             f"unknown model preset {self.preset!r}; choose one of {', '.join(MODEL_PRESETS)}.",
@@ -500,10 +562,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """The settings as a plain JSON-compatible dict."""
-        return {
-            name: list(value) if isinstance(value, tuple) else value
-            for name, value in ((n, getattr(self, n)) for n in self.__dataclass_fields__)
-        }
+        def plain(value):
+            if isinstance(value, tuple):
+                return list(value)
+            return value.to_dict() if isinstance(value, ModelConfig) else value
+
+        return {name: plain(getattr(self, name)) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -514,7 +578,7 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         """The network this run trains."""
-        return ModelConfig.preset(self.preset, self.arch)
+        return self.model or ModelConfig.preset(self.preset, self.arch)
 
 
 @dataclass(frozen=True)
@@ -526,7 +590,7 @@ class CalibrationConfig:
     Parameters
     ----------
     iterations : int
-        Optimizer steps.
+        Most optimizer steps.
     batch_size : int
         Samples per step.
     lr_crop : int
@@ -534,13 +598,17 @@ class CalibrationConfig:
         Frames smaller than this are cropped to their own size.
     learning_rate : float
         Initial Adam learning rate; small, so that the shipped network is adjusted rather
-        than retrained. It decays to zero on a cosine schedule.
+        than retrained. It decays to zero on a cosine schedule over the run, which ends
+        after ``iterations`` steps or ``max_minutes`` of training, whichever comes first.
     max_separation : int
         Largest LR separation ``r`` drawn for training samples (1..this, limited by the
         sequence length).
     holdout_every : int
         Every this-many-th keyframe inside the LR sequence is held out for validation
-        (at least one always is).
+        (at least one always is; judging a gain needs two or more).
+    min_iterations : int
+        A run that took fewer steps (a budget too short) is judged "cannot tell", whatever
+        its held-out PSNR did.
     validation_crop : int or None
         Side of the central LR crop (multiple of 4) on which validation PSNR is measured;
         None for whole frames.
@@ -551,9 +619,11 @@ class CalibrationConfig:
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     precision : str
-        ``"auto"`` (bf16 autocast on CUDA, fp32 on the CPU), ``"fp32"`` or ``"bf16"``.
+        ``"auto"`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32),
+        ``"fp32"`` or ``"bf16"``.
     max_minutes : float or None
-        Wall-clock budget of the fine-tuning; it stops early when it runs out.
+        Wall-clock budget of the fine-tuning steps (reading the keyframes and validating
+        come on top); the run takes as many steps as fit.
     out : str or None
         Where to write the fine-tuned weights (``.safetensors``); None to keep them in
         memory only.
@@ -565,6 +635,7 @@ class CalibrationConfig:
     learning_rate: float = 2e-5
     max_separation: int = 3
     holdout_every: int = 4
+    min_iterations: int = 20
     validation_crop: int | None = None
     charbonnier_eps: float = 1e-6
     seed: int = 0
@@ -574,7 +645,8 @@ class CalibrationConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "lr_crop", "max_separation", "holdout_every"):
+        for name in ("iterations", "batch_size", "lr_crop", "max_separation", "holdout_every",
+                     "min_iterations"):
             value = getattr(self, name)
             _require(
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,

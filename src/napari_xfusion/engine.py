@@ -87,12 +87,12 @@ def autocast_dtype(
     """The autocast dtype for a precision setting on a device, or None for fp32.
 
     ``"auto"`` means bf16 on CUDA, and fp16 on GPUs without bf16 except for ``training``
-    (fp16 needs loss scaling). On a CPU it means bf16 for inference where the CPU computes
-    bf16 natively (1.3-1.5x faster there, at ~66 dB PSNR from the fp32 output) and fp32
-    otherwise, and always fp32 for training.
+    (fp16 needs loss scaling). On a CPU it means bf16 where the CPU computes bf16 natively
+    (1.3-1.7x faster there, for inference at ~66 dB PSNR from the fp32 output; training
+    keeps fp32 weights and an fp32 loss, as on GPUs) and fp32 otherwise.
     """
     if precision == "auto" and device.type != "cuda":
-        return torch.bfloat16 if not training and cpu_has_native_bf16() else None
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     if precision == "fp32":
         return None
     if precision == "fp16":
@@ -212,13 +212,15 @@ class Engine:
         hr: np.ndarray,
         keys: Sequence[Sequence[Hashable]],
         cache: FeatureCache,
+        position: float | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Forward a batch of tiles; numpy outputs.
+        """Forward a batch of tiles of one output frame; numpy outputs.
 
         ``lr`` is ``(B, 3, t, t)`` and ``hr`` ``(B, 2, s*t, s*t)``; ``keys[b]`` names the
         input frames of tile ``b`` in the order ``[LR t-r, LR t, LR t+r, HR k0, HR k1]``.
         Pyramids found in ``cache`` under those names are reused, the others computed (once
-        per name) and stored.
+        per name) and stored. ``position`` is where the output time lies between its
+        keyframes, for networks that need it.
         """
         streams = [("lr", lr), ("hr", hr)] if self.uses_hr else [("lr", lr)]
         with torch.inference_mode(), autocast(self.device, self.dtype):
@@ -244,7 +246,18 @@ class Engine:
                 for level in range(3)
             ]
             reference = self._to_device(lr[:, 1:2])
-            out, attention = self.model.fuse_features(features, reference)
+            keyframes = None
+            if self.model.config.base == "transfer":
+                keyframes = self._to_device(hr[:, :, None])
+            positions = None
+            if self.model.needs_position:
+                if position is None:
+                    raise ValueError(
+                        "this network needs to know where the output time lies between its "
+                        "keyframes: pass the frame's inputs (FrameInputs)."
+                    )
+                positions = torch.full((len(keys),), float(position), device=self.device)
+            out, attention = self.model.fuse_features(features, reference, keyframes, positions)
         return out[:, 0].float().cpu().numpy(), attention.float().cpu().numpy()
 
     def _to_device(self, frames: np.ndarray) -> torch.Tensor:
@@ -269,8 +282,10 @@ class Engine:
         hr : ndarray, shape (2, s*h, s*w)
             The bracketing HR keyframes in [0, 1].
         inputs : FrameInputs, optional
-            Which frames of their stacks these are; with ``cache``, the feature pyramids of
-            frames met before are taken from it instead of being computed again.
+            Which frames of their stacks these are and when they were taken; with ``cache``,
+            the feature pyramids of frames met before are taken from it instead of being
+            computed again. Networks that use the output time's position between its
+            keyframes (``ModelConfig.base="transfer"`` or ``time_input``) need it.
         cache : FeatureCache, optional
             Pyramids of earlier frames of the same stacks (see :meth:`run`).
 
@@ -281,6 +296,7 @@ class Engine:
             Spatial mean of the raw temporal-attention maps of each input frame (T = 5 for
             EDVR-STF, 3 for EDVR), averaged over tiles with their blend weights.
         """
+        position = None if inputs is None else inputs.position
         if inputs is None or cache is None:
             # Frames without a place in a sequence: nothing to share with other calls.
             names, cache = [("lr", 0), ("lr", 1), ("lr", 2), ("hr", 0), ("hr", 1)], FeatureCache(0)
@@ -288,7 +304,7 @@ class Engine:
             names = [("lr", i) for i in inputs.lr] + [("hr", j) for j in inputs.hr]
         while True:
             try:
-                return self._fuse_frame(lr, hr, names, cache)
+                return self._fuse_frame(lr, hr, names, cache, position)
             except torch.cuda.OutOfMemoryError:
                 cache.clear()
                 self._shrink_tiles(lr.shape[1:])
@@ -313,7 +329,12 @@ class Engine:
         log.warning("out of GPU memory: retrying the frame with %d-pixel LR tiles", smaller)
 
     def _fuse_frame(
-        self, lr: np.ndarray, hr: np.ndarray, names: list[tuple[str, int]], cache: FeatureCache
+        self,
+        lr: np.ndarray,
+        hr: np.ndarray,
+        names: list[tuple[str, int]],
+        cache: FeatureCache,
+        position: float | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         s = self.scale
         _, h, w = lr.shape
@@ -329,7 +350,7 @@ class Engine:
         tiles = tile_grid(H, W, self._tile_for(H, W), self.overlap)
         if len(tiles) == 1:
             # Whole frame: no blending buffers to fill.
-            out, attention = self._run_batch(lr[None], hr[None], [names], cache)
+            out, attention = self._run_batch(lr[None], hr[None], [names], cache, position)
             return np.clip(out[0, : s * h, : s * w], 0.0, 1.0), attention[0]
         acc = np.zeros((s * H, s * W), dtype=np.float32)
         norm = np.zeros_like(acc)
@@ -341,6 +362,7 @@ class Engine:
                 np.stack([hr[:, s * t.y0 : s * t.y1, s * t.x0 : s * t.x1] for t in batch]),
                 [[(*name, tile) for name in names] for tile in batch],
                 cache,
+                position,
             )
             for tile, frame, scores in zip(batch, out, attention):
                 weight = feather_weights(tile, H, W, self.overlap, s)

@@ -144,13 +144,40 @@ class FusionMethod(ABC):
     """Base class of all fusion methods.
 
     Subclasses set ``name`` (the registry key) and ``label`` (for menus) and implement
-    :meth:`fuse`.
+    :meth:`fuse_frame` (one frame from its inputs) and :meth:`fuse` (a sequence, streamed);
+    :meth:`prepare` checks the stacks and fits what a method learns from a whole recording
+    before either runs.
     """
 
     name: ClassVar[str]
     label: ClassVar[str]
     #: True for the learned methods, which need weights.
     learned: ClassVar[bool] = False
+
+    def prepare(self, lr, hr, timeline: Timeline) -> None:
+        """Check the stacks against the time model and fit what the method learns from the
+        whole recording (called by :meth:`fuse`; call it before :meth:`fuse_frame`).
+
+        Parameters are those of :meth:`fuse`. The default does nothing.
+        """
+
+    @abstractmethod
+    def fuse_frame(self, lr: np.ndarray, hr: np.ndarray, inputs: FrameInputs) -> np.ndarray:
+        """Fuse one frame.
+
+        Parameters
+        ----------
+        lr : ndarray, shape (3, h, w)
+            LR frames at ``inputs.lr``.
+        hr : ndarray, shape (2, H, W)
+            HR keyframes at ``inputs.hr``.
+        inputs : FrameInputs
+            Which frames these are and when they were taken.
+
+        Returns
+        -------
+        ndarray, shape (H, W), float32
+        """
 
     @abstractmethod
     def fuse(
@@ -181,25 +208,9 @@ class FusionMethod(ABC):
 class PerFrameMethod(FusionMethod):
     """A method that fuses each output frame from its five input frames alone."""
 
-    @abstractmethod
-    def fuse_frame(self, lr: np.ndarray, hr: np.ndarray, inputs: FrameInputs) -> np.ndarray:
-        """Fuse one frame.
-
-        Parameters
-        ----------
-        lr : ndarray, shape (3, h, w)
-            LR frames at ``inputs.lr``.
-        hr : ndarray, shape (2, H, W)
-            HR keyframes at ``inputs.hr``.
-        inputs : FrameInputs
-            Which frames these are and when they were taken.
-
-        Returns
-        -------
-        ndarray, shape (H, W), float32
-        """
-
     def fuse(self, lr, hr, timeline, frames=None, progress=None):
+        self.prepare(lr, hr, timeline)
+
         def one(lr_frames, hr_frames, inputs):
             return self.fuse_frame(lr_frames, hr_frames, inputs), None
 

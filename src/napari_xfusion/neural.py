@@ -57,12 +57,18 @@ class NeuralMethod(FusionMethod):
             )
         self.engine = Engine(model, engine)
 
-    def fuse(self, lr, hr, timeline, frames=None, progress=None):
+    def prepare(self, lr, hr, timeline) -> None:
         if timeline.model.scale != self.engine.scale:
             raise ValueError(
                 f"the network upsamples {self.engine.scale}x but the scale is set to "
                 f"{timeline.model.scale}: set the scale to {self.engine.scale}."
             )
+
+    def fuse_frame(self, lr, hr, inputs):
+        return self.engine.fuse_frame(lr, hr, inputs)[0]
+
+    def fuse(self, lr, hr, timeline, frames=None, progress=None):
+        self.prepare(lr, hr, timeline)
         return self.engine.run(lr, hr, timeline, frames=frames, progress=progress)
 
 

@@ -45,6 +45,11 @@ class FrameInputs:
     hr_times: tuple[int, int]
     is_keyframe: bool
 
+    @property
+    def position(self) -> float:
+        """Where ``t`` lies between its keyframes: 0 at ``k0``, 1 at ``k1`` (:func:`keyframe_position`)."""
+        return keyframe_position(self.t, *self.hr_times)
+
 
 @dataclass(frozen=True)
 class Timeline:
@@ -134,6 +139,17 @@ class Timeline:
 
     def __len__(self) -> int:
         return self.n_lr
+
+
+def keyframe_position(t: float, k0: float, k1: float) -> float:
+    """Position of time ``t`` relative to keyframes at ``k0 < k1``: ``(t - k0) / (k1 - k0)``.
+
+    0 at ``k0`` and 1 at ``k1``; below 0 before the first keyframe of a sequence and above 1
+    past the last, where both keyframes lie on one side of ``t``.
+    """
+    if not k1 > k0:
+        raise ValueError(f"keyframe times must increase, got k0={k0} and k1={k1}.")
+    return (t - k0) / (k1 - k0)
 
 
 def lr_indices(t: int, separation: int, n_lr: int) -> tuple[int, int, int]:

@@ -40,7 +40,7 @@ from .baselines import bicubic_upsample
 from .config import TRAIN_RUN_SETTINGS, TrainConfig
 from .engine import autocast, autocast_dtype, resolve_device
 from .metrics import psnr
-from .models import build_model, count_parameters, load_weights, save_weights
+from .models import build_model, count_parameters, init_from, load_weights, save_weights
 from .training_data import PairSampler, TrainingBatch, training_sequences, validation_batches
 
 CHECKPOINT = "checkpoint.pt"
@@ -125,13 +125,9 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(config.model_config())
     if config.init_weights:
-        start = load_weights(config.init_weights, arch=config.arch)
-        if start.config != config.model_config():
-            raise ValueError(
-                f"{config.init_weights} holds a {start.config} network, not the "
-                f"{config.model_config()} being trained: pick a matching preset and arch."
-            )
-        model.load_state_dict(start.state_dict())
+        fresh = init_from(model, load_weights(config.init_weights))
+        if fresh:
+            say(f"started from {config.init_weights}; new: {', '.join(fresh)}")
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -166,8 +162,9 @@ def train(
         val_seqs, config.validation_samples, config.validation_spacing, config.seed
     )
     bicubic = _bicubic_psnr(validation)
+    name = "custom" if config.model is not None else config.preset
     say(
-        f"{config.arch} network '{config.preset}' ({count_parameters(model):,} parameters) on "
+        f"{config.arch} network '{name}' ({count_parameters(model):,} parameters) on "
         f"{device}, {'fp32' if amp_dtype is None else 'bf16'}; {len(train_seqs)} training and "
         f"{len(val_seqs)} validation sequences; batch {config.batch_size}, LR crop "
         f"{config.lr_crop}"
@@ -175,6 +172,12 @@ def train(
 
     metadata = {"data": data, "bicubic_psnr": bicubic}
     log = _Log(out_dir)
+    if iteration == 0 and config.init_weights:
+        # Where transfer learning starts from: the baseline of everything that follows.
+        start = _validate(model, validation, device, amp_dtype)
+        log.write({"iteration": 0, "elapsed_s": 0.0, "val_psnr": start.get("psnr"),
+                   "val_bicubic_psnr": bicubic.get("psnr"), "validation": start})
+        say(f"iter 0: val PSNR {start.get('psnr', float('nan')):.2f} dB before training")
     budget = None if config.max_minutes is None else 60.0 * config.max_minutes
     loss_sum = torch.zeros((), device=device)
     loss_count, window_start, window_iteration = 0, time.monotonic(), iteration
@@ -255,7 +258,7 @@ def _step(
     hr = batch.hr if config.arch == "stf" else None
     optimizer.zero_grad(set_to_none=True)
     with autocast(batch.lr.device, amp_dtype):
-        out, _ = model(batch.lr, hr)
+        out, _ = model(batch.lr, hr, batch.position)
     # The loss in fp32: bf16 differences of nearly equal frames would round to zero.
     loss = charbonnier(out, batch.target, config.charbonnier_eps)
     loss.backward()
@@ -328,8 +331,9 @@ def _validate(
             for i in range(batch.lr.shape[0]):
                 lr = batch.lr[i : i + 1].to(device)
                 hr = batch.hr[i : i + 1].to(device) if model.config.arch == "stf" else None
+                position = batch.position[i : i + 1].to(device)
                 with autocast(device, amp_dtype):
-                    out, _ = model(lr, hr)
+                    out, _ = model(lr, hr, position)
                 estimate = out[0, 0].float().clamp(0, 1).cpu().numpy()
                 value = psnr(estimate, batch.target[i, 0].numpy())
                 scores["psnr"].append(value)
@@ -446,17 +450,23 @@ class _Log:
 
 
 def _trim_logs(out_dir: Path, iteration: int) -> None:
-    """Drop log rows past ``iteration``: a run continued from a checkpoint redoes them."""
+    """Drop log rows past ``iteration``: a run continued from a checkpoint redoes them.
+
+    A run that starts afresh (``iteration`` 0) drops them all, its starting point included.
+    """
+    def keep(row_iteration: int) -> bool:
+        return 0 < iteration and row_iteration <= iteration
+
     csv_path, jsonl_path = out_dir / LOG_CSV, out_dir / LOG_JSONL
     if csv_path.exists():
         with csv_path.open(newline="") as f:
             rows = list(csv.reader(f))
-        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= iteration]
+        kept = rows[:1] + [r for r in rows[1:] if r and keep(int(r[0]))]
         with csv_path.open("w", newline="") as f:
             csv.writer(f).writerows(kept)
     if jsonl_path.exists():
         lines = jsonl_path.read_text().splitlines()
-        kept = [ln for ln in lines if ln and json.loads(ln)["iteration"] <= iteration]
+        kept = [ln for ln in lines if ln and keep(json.loads(ln)["iteration"])]
         jsonl_path.write_text("".join(ln + "\n" for ln in kept))
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from .config import NormalizationConfig, TimeModel, TrainConfig
 from .normalize import fit_normalization
 from .synthetic import LPBFScene
-from .timeline import Timeline, keyframe_count, lr_indices
+from .timeline import Timeline, keyframe_count, keyframe_position, lr_indices
 
 #: Spatial scale between the LR and HR grids.
 SCALE = 4
@@ -489,6 +489,9 @@ class TrainingBatch:
         HR keyframes ``k0, k1``.
     target : Tensor, shape (B, 1, 4h, 4w)
         The HR frame at ``t``.
+    position : Tensor, shape (B,)
+        Where ``t`` lies between the keyframes
+        (:func:`~napari_xfusion.timeline.keyframe_position`).
     record : BatchRecord or None
         The draws, for inspection; None for fixed validation samples.
     """
@@ -496,6 +499,7 @@ class TrainingBatch:
     lr: torch.Tensor
     hr: torch.Tensor
     target: torch.Tensor
+    position: torch.Tensor
     record: BatchRecord | None
 
 
@@ -520,6 +524,7 @@ def frame_times(t: int, r: int, k0: int, k1: int, n: int) -> list[int]:
 
 def make_batch(
     frames: np.ndarray,
+    position: np.ndarray,
     b0: np.ndarray,
     noise_seed: int,
     device: torch.device | str = "cpu",
@@ -531,6 +536,8 @@ def make_batch(
     ----------
     frames : ndarray, shape (B, 5, H, W), uint8
         Per sample: HR frames at ``t - r, t, t + r``, then keyframes ``k0, k1``.
+    position : ndarray, shape (B,)
+        Where ``t`` lies between ``k0`` and ``k1`` per sample (:func:`sample_position`).
     b0 : ndarray, shape (B,)
         Blank-scan factor per sample; ``inf`` for no noise.
     noise_seed : int
@@ -557,8 +564,15 @@ def make_batch(
         lr=lr.unsqueeze(2),
         hr=hr[:, 3:].unsqueeze(2).contiguous(),
         target=hr[:, 1:2].contiguous(),
+        position=torch.as_tensor(np.asarray(position, dtype=np.float32), device=device),
         record=record,
     )
+
+
+def sample_position(t: int, k0: int, k1: int) -> float:
+    """:func:`~napari_xfusion.timeline.keyframe_position` of a sample, whose keyframes may
+    coincide after clamping to a short sequence (position 0 then)."""
+    return keyframe_position(t, k0, k1) if k1 > k0 else 0.0
 
 
 class PairSampler:
@@ -714,7 +728,10 @@ class PairSampler:
         self, frames: np.ndarray, record: BatchRecord, device: torch.device | str = "cpu"
     ) -> TrainingBatch:
         """Bin and add noise on ``device``: the second half of :meth:`sample_batch`."""
-        return make_batch(frames, record.b0, record.noise_seed, device, record)
+        position = [
+            sample_position(t, k0, k1) for t, k0, k1 in zip(record.t, record.k0, record.k1)
+        ]
+        return make_batch(frames, np.array(position), record.b0, record.noise_seed, device, record)
 
     def sample_batch(
         self, rng: np.random.Generator, batch_size: int, device: torch.device | str = "cpu"
@@ -785,12 +802,15 @@ def validation_batches(
             continue
         picks = unseen[np.round(np.linspace(0, unseen.size - 1, samples)).astype(int)]
         h, w = height - height % (4 * SCALE), width - width % (4 * SCALE)
-        frames, noise = [], []
+        frames, positions, noise = [], [], []
         for i, t in enumerate(picks):
             model = TimeModel(spacing=d, separation=min(1 + i % 3, n - 1))
             inputs = Timeline(timeline.n_lr, timeline.n_hr, model).inputs(int(t))
             times = list(inputs.lr) + list(inputs.hr_times)
             frames.append(seq.frames[times, :h, :w])
+            positions.append(inputs.position)
             noise.append(b0 if i % 2 else np.inf)
-        batches.append(make_batch(np.stack(frames), np.array(noise), seed * 1000 + number))
+        batches.append(make_batch(
+            np.stack(frames), np.array(positions), np.array(noise), seed * 1000 + number
+        ))
     return batches

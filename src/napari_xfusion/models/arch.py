@@ -15,6 +15,14 @@ into feature pyramids that do not depend on the reference frame, so a frame's py
 every output that reads it (an LR frame feeds three outputs, an HR keyframe up to ``2D``);
 :meth:`~FusionNetwork.fuse_features` aligns, fuses and reconstructs one output from the
 pyramids of its frames. ``forward(lr, hr)`` runs both halves, as training does.
+
+Options beyond the paper (:class:`~napari_xfusion.config.ModelConfig`; the ``paper`` preset
+uses none of them): the residual added to a detail-transfer estimate instead of bilinear LR
+(``base="transfer"``, :class:`KeyframeDetailBase`), the position of ``t`` between its
+keyframes as an input (``time_input``), and narrower layers at full HR resolution
+(``hr_tail_channels``, ``hr_branch_channels``), where most of a compact network's work is.
+Networks with either of the first two options take ``position`` (:func:`~napari_xfusion.
+timeline.keyframe_position`) in :meth:`~FusionNetwork.fuse_features` and ``forward``.
 """
 
 from __future__ import annotations
@@ -32,8 +40,6 @@ from .deform import Backend, deform_conv2d, resolve_backend
 REFERENCE_INDEX = 1
 #: LR height and width must be multiples of this (two stride-2 pyramid levels).
 SIZE_MULTIPLE = 4
-#: Channels of the two HR-resolution layers of the reconstruction, fixed by EDVR.
-HR_TAIL_CHANNELS = 64
 
 
 def _lrelu(x: Tensor) -> Tensor:
@@ -272,19 +278,104 @@ class HRFeatureExtractor(nn.Module):
     ``conv1`` + LeakyReLU, then ``conv2`` and ``conv3`` each followed by LeakyReLU and a 3x3,
     stride-2 max pooling; two poolings bring the 4x HR grid down to the LR grid.
 
+    Parameters
+    ----------
+    channels : int
+        Output channels ``C``.
+    inner_channels : int, optional
+        Channels of ``conv1`` and ``conv2``, which run at full and half HR resolution;
+        default ``channels`` (the paper).
+
     Shape: (N, 1, 4H, 4W) -> (N, C, H, W).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, inner_channels: int | None = None) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(1, channels)
-        self.conv2 = _conv3x3(channels, channels)
-        self.conv3 = _conv3x3(channels, channels)
+        inner = inner_channels or channels
+        self.conv1 = _conv3x3(1, inner)
+        self.conv2 = _conv3x3(inner, inner)
+        self.conv3 = _conv3x3(inner, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         x = _lrelu(self.conv1(x))
         x = F.max_pool2d(_lrelu(self.conv2(x)), 3, 2, 1)
         return F.max_pool2d(_lrelu(self.conv3(x)), 3, 2, 1)
+
+
+class TimeEmbedding(nn.Module):
+    """The position of ``t`` between its keyframes as a per-channel feature offset.
+
+    The position ``p`` enters as ``(clip(p, 0, 1), p - clip(p, 0, 1))``: where ``t`` lies
+    between the keyframes, and how far past them at the sequence ends. The linear map
+    starts at zero, so adding it changes nothing until it is trained.
+
+    Shape: position (N,) -> (N, C, 1, 1).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, channels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, position: Tensor) -> Tensor:
+        p = position.float()
+        inside = p.clamp(0.0, 1.0)
+        return self.linear(torch.stack([inside, p - inside], 1))[:, :, None, None]
+
+
+def keyframe_detail(keyframes: Tensor, scale: int = 4) -> Tensor:
+    """What binning loses and bicubic interpolation does not bring back: ``x - up(bin(x))``.
+
+    The torch twin of :func:`napari_xfusion.baselines.high_frequencies` (same kernels), for
+    frames whose sides are multiples of ``scale``.
+
+    Shape: (N, 1, H, W) -> (N, 1, H, W).
+    """
+    coarse = F.avg_pool2d(keyframes, scale)
+    return keyframes - F.interpolate(
+        coarse, scale_factor=scale, mode="bicubic", align_corners=False
+    )
+
+
+class KeyframeDetailBase(nn.Module):
+    """The residual base of ``base="transfer"``: detail transfer with learned weights.
+
+    ``bicubic(LR t) + g0 * D(HR k0) + g1 * D(HR k1)`` with ``D`` the keyframes' detail
+    (:func:`keyframe_detail`) and per-pixel weights ``g = w + delta``: ``w`` the linear
+    time weights of the ``transfer`` method (:func:`~napari_xfusion.baselines.
+    keyframe_weights`), ``delta`` predicted on the LR grid from the reconstruction features
+    and upsampled. ``delta`` starts at zero, so an untrained base is detail transfer itself;
+    the network learns where a keyframe's detail is wrong (it moved) or right. Computed in
+    fp32: the detail is small and bf16 would round it away.
+
+    Shapes: lr_reference (N, 1, h, w), keyframes (N, 2, 1, 4h, 4w), position (N,),
+    features (N, C, h, w) -> (N, 1, 4h, 4w).
+    """
+
+    def __init__(self, channels: int, scale: int = 4) -> None:
+        super().__init__()
+        self.scale = scale
+        self.gate = _conv3x3(channels, 2)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+
+    def forward(
+        self, lr_reference: Tensor, keyframes: Tensor, position: Tensor, features: Tensor
+    ) -> Tensor:
+        s = self.scale
+        with torch.autocast(lr_reference.device.type, enabled=False):
+            lr_up = F.interpolate(
+                lr_reference.float(), scale_factor=s, mode="bicubic", align_corners=False
+            )
+            detail = keyframe_detail(keyframes.flatten(0, 1).float(), s).unflatten(0, (-1, 2))
+            w1 = position.float().clamp(0.0, 1.0).view(-1, 1, 1, 1)
+            delta = F.interpolate(
+                self.gate(features.float()), scale_factor=s, mode="bilinear",
+                align_corners=False,
+            )
+            weights = torch.cat([1.0 - w1, w1], 1) + delta
+            return lr_up + (weights * detail[:, :, 0]).sum(1, keepdim=True)
 
 
 class FusionNetwork(nn.Module):
@@ -328,10 +419,18 @@ class FusionNetwork(nn.Module):
         self.reconstruction = nn.Sequential(
             *(ResidualBlockNoBN(c) for _ in range(config.recon_blocks))
         )
+        tail = config.hr_tail_channels
         self.upconv1 = _conv3x3(c, 4 * c)
-        self.upconv2 = _conv3x3(c, 4 * HR_TAIL_CHANNELS)
-        self.conv_hr = _conv3x3(HR_TAIL_CHANNELS, HR_TAIL_CHANNELS)
-        self.conv_last = _conv3x3(HR_TAIL_CHANNELS, 1)
+        self.upconv2 = _conv3x3(c, 4 * tail)
+        self.conv_hr = _conv3x3(tail, tail)
+        self.conv_last = _conv3x3(tail, 1)
+        if config.base == "transfer":
+            self.keyframe_base = KeyframeDetailBase(c, config.scale)
+            # A zero residual at the start: the untrained network is detail transfer.
+            nn.init.zeros_(self.conv_last.weight)
+            nn.init.zeros_(self.conv_last.bias)
+        if config.time_input:
+            self.time_embedding = TimeEmbedding(c)
 
     # -- pieces -------------------------------------------------------------------------
 
@@ -358,7 +457,9 @@ class FusionNetwork(nn.Module):
             )
         return _lrelu(self.conv_first(frames))
 
-    def _run(self, lr: Tensor, hr: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _run(
+        self, lr: Tensor, hr: Tensor | None, position: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         b, h, w = self._check_lr(lr)
         pyramids = [self.extract_features(lr.reshape(b * 3, 1, h, w), "lr")]
         if hr is not None:
@@ -367,7 +468,21 @@ class FusionNetwork(nn.Module):
             torch.cat([pyramid[level].unflatten(0, (b, -1)) for pyramid in pyramids], 1)
             for level in range(3)
         ]
-        return self.fuse_features(features, lr[:, REFERENCE_INDEX])
+        return self.fuse_features(features, lr[:, REFERENCE_INDEX], hr, position)
+
+    @property
+    def needs_position(self) -> bool:
+        """Whether :meth:`fuse_features` needs the position of ``t`` between its keyframes."""
+        return self.config.base == "transfer" or self.config.time_input
+
+    def _base(
+        self, lr_reference: Tensor, keyframes: Tensor | None, position: Tensor | None,
+        features: Tensor,
+    ) -> Tensor:
+        """What the reconstructed residual is added to (``config.base``)."""
+        if self.config.base == "transfer":
+            return self.keyframe_base(lr_reference, keyframes, position, features)
+        return F.interpolate(lr_reference, scale_factor=4, mode="bilinear", align_corners=False)
 
     # -- public -------------------------------------------------------------------------
 
@@ -398,7 +513,13 @@ class FusionNetwork(nn.Module):
         feat_l3 = _lrelu(self.conv_l3_2(_lrelu(self.conv_l3_1(feat_l2))))
         return [feat_l1, feat_l2, feat_l3]
 
-    def fuse_features(self, features: list[Tensor], lr_reference: Tensor) -> tuple[Tensor, Tensor]:
+    def fuse_features(
+        self,
+        features: list[Tensor],
+        lr_reference: Tensor,
+        keyframes: Tensor | None = None,
+        position: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """One output frame per batch item from the feature pyramids of its input frames.
 
         PCD alignment of every frame to the reference (frame 1), TSA fusion, reconstruction
@@ -412,7 +533,12 @@ class FusionNetwork(nn.Module):
             in frame order (``[LR t-r, LR t, LR t+r, HR k0, HR k1]``, or the first three
             for EDVR).
         lr_reference : Tensor, shape (B, 1, h, w)
-            LR frame ``t`` itself, whose bilinear x4 upsampling is the residual base.
+            LR frame ``t`` itself, whose upsampling is (part of) the residual base.
+        keyframes : Tensor, shape (B, 2, 1, 4h, 4w), optional
+            The HR keyframes ``k0, k1`` themselves; needed by ``base="transfer"``.
+        position : Tensor, shape (B,), optional
+            Where ``t`` lies between its keyframes (0 at ``k0``, 1 at ``k1``, outside
+            [0, 1] past the ends); needed when :attr:`needs_position`.
 
         Returns
         -------
@@ -422,18 +548,31 @@ class FusionNetwork(nn.Module):
             Spatial mean of each frame's pre-sigmoid temporal-attention map.
         """
         b, t = features[0].shape[:2]
+        if self.needs_position and position is None:
+            raise ValueError(
+                "this network needs the position of t between its keyframes (its base is "
+                f"{self.config.base!r}, time_input={self.config.time_input}): pass position "
+                "(B,), see napari_xfusion.timeline.keyframe_position."
+            )
+        if self.config.base == "transfer" and keyframes is None:
+            raise ValueError(
+                "a network with base 'transfer' needs the HR keyframes themselves: pass "
+                "keyframes of shape (B, 2, 1, 4h, 4w)."
+            )
         reference = [x[:, REFERENCE_INDEX] for x in features]
         aligned = self.pcd_align([x.flatten(0, 1) for x in features], reference)
         fused, correlation = self.fusion(aligned.unflatten(0, (b, t)))
+        if self.config.time_input:
+            fused = fused + self.time_embedding(position).to(fused.dtype)
 
-        out = self.reconstruction(fused)
-        out = _lrelu(F.pixel_shuffle(self.upconv1(out), 2))
+        recon = self.reconstruction(fused)
+        out = _lrelu(F.pixel_shuffle(self.upconv1(recon), 2))
         out = _lrelu(F.pixel_shuffle(self.upconv2(out), 2))
         out = self.conv_last(_lrelu(self.conv_hr(out)))
-        base = F.interpolate(lr_reference, scale_factor=4, mode="bilinear", align_corners=False)
         # Averaged in fp32: under bf16 autocast a bf16 mean would round the scores to
         # about three digits, coarser than the differences the attention plot shows.
-        return out + base, correlation.float().mean(dim=(2, 3))
+        attention = correlation.float().mean(dim=(2, 3))
+        return out + self._base(lr_reference, keyframes, position, recon), attention
 
     def receptive_field(self, max_offset: float = 8.0) -> int:
         """Upper estimate of the receptive-field radius, in LR pixels.
@@ -497,7 +636,7 @@ class EDVRSTF(FusionNetwork):
                 "build_model(config)."
             )
         super().__init__(config, deform_backend)
-        self.hr_feature = HRFeatureExtractor(config.channels)
+        self.hr_feature = HRFeatureExtractor(config.channels, config.hr_branch_channels)
 
     def _first_layer(self, frames: Tensor, stream: str) -> Tensor:
         if stream == "hr":
@@ -518,7 +657,9 @@ class EDVRSTF(FusionNetwork):
                 f"{tuple(lr.shape)}, got {tuple(hr.shape)}."
             )
 
-    def forward(self, lr: Tensor, hr: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, lr: Tensor, hr: Tensor | None = None, position: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Fuse one output frame per batch item.
 
         Parameters
@@ -527,6 +668,9 @@ class EDVRSTF(FusionNetwork):
             LR frames ``t - r, t, t + r`` in [0, 1]; ``h`` and ``w`` multiples of 4.
         hr : Tensor, shape (B, 2, 1, 4h, 4w)
             HR keyframes ``k0 <= t < k1`` in [0, 1].
+        position : Tensor, shape (B,), optional
+            Where ``t`` lies between the keyframes (:meth:`fuse_features`); needed when
+            :attr:`needs_position`.
 
         Returns
         -------
@@ -537,7 +681,7 @@ class EDVRSTF(FusionNetwork):
             order ``[LR t-r, LR t, LR t+r, HR k0, HR k1]``.
         """
         self._check_hr(lr, hr)
-        return self._run(lr, hr)
+        return self._run(lr, hr, position)
 
 
 class EDVR(FusionNetwork):
@@ -563,7 +707,9 @@ class EDVR(FusionNetwork):
             )
         super().__init__(config, deform_backend)
 
-    def forward(self, lr: Tensor, hr: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, lr: Tensor, hr: Tensor | None = None, position: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Super-resolve LR frame ``t``.
 
         Parameters
@@ -572,6 +718,8 @@ class EDVR(FusionNetwork):
             LR frames ``t - r, t, t + r`` in [0, 1]; ``h`` and ``w`` multiples of 4.
         hr : Tensor, optional
             Ignored.
+        position : Tensor, shape (B,), optional
+            Where ``t`` lies between its keyframes; needed with ``time_input`` only.
 
         Returns
         -------
@@ -579,7 +727,7 @@ class EDVR(FusionNetwork):
         attention : Tensor, shape (B, 3)
             Spatial mean of each LR frame's pre-sigmoid temporal-attention map.
         """
-        return self._run(lr, None)
+        return self._run(lr, None, position)
 
 
 def build_model(config: ModelConfig, deform_backend: Backend = "auto") -> FusionNetwork:

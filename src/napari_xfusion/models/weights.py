@@ -305,6 +305,58 @@ def load_weights(
     return model.to(device).eval()
 
 
+#: 1x1 convolutions of TSA fusion over the features of all frames stacked frame by frame.
+_STACKED_FRAME_CONVS = ("fusion.feat_fusion.weight", "fusion.spatial_attn1.weight")
+
+
+def init_from(target: nn.Module, source: nn.Module) -> list[str]:
+    """Start ``target`` from the trained weights of a related network ``source``.
+
+    Transfer learning between sizes, options and architectures of the same family: every
+    tensor whose name and shape agree is copied. Beyond that, an EDVR started from an
+    EDVR-STF takes the LR frames' share of the 1x1 fusion convolutions over stacked frames
+    (the LR frames come first), and the output layer ``conv_last`` is not copied when the
+    two networks add their residual to different bases (``ModelConfig.base``): it would add
+    a residual meant for another base. Everything else keeps its initialization; the new
+    heads of the options start at zero, so the started network behaves like its source
+    where the architectures agree.
+
+    Parameters
+    ----------
+    target : EDVRSTF or EDVR
+        The network to fill (changed in place).
+    source : EDVRSTF or EDVR
+        The trained network.
+
+    Returns
+    -------
+    list of str
+        Names of the tensors of ``target`` left at their initialization.
+    """
+    theirs = source.state_dict()
+    skip = set()
+    if source.config.base != target.config.base:
+        skip = {"conv_last.weight", "conv_last.bias"}
+    fresh = []
+    with torch.no_grad():
+        for name, tensor in target.state_dict().items():
+            value = theirs.get(name)
+            if name in skip or value is None:
+                fresh.append(name)
+            elif value.shape == tensor.shape:
+                tensor.copy_(value)
+            elif (
+                name in _STACKED_FRAME_CONVS
+                and value.shape[0] == tensor.shape[0]
+                and value.shape[1] > tensor.shape[1]
+                and value.shape[2:] == tensor.shape[2:]
+            ):
+                tensor.copy_(value[:, : tensor.shape[1]])
+            else:
+                fresh.append(name)
+    return fresh
+
+
 def _read_checkpoint(src: Path, param_key: str | None) -> dict[str, torch.Tensor]:
     """The state dict inside a .pth (or metadata-less .safetensors) checkpoint."""
     if not src.is_file():
