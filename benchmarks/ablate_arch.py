@@ -6,7 +6,8 @@ batches and number of steps. The held-out validation samples of
 :func:`napari_xfusion.train.train` (whole frames of the validation sequences, keyframes
 every 20 frames, every other sample with LR Poisson noise) score each variant before and
 after. A variant whose run folder is complete is not trained again, so the script can be
-stopped and restarted.
+stopped and restarted. ``--noise-free-fraction`` varies the share of noise-free training
+samples (the recipe, not the network), which decides the trade between clean and noisy LR.
 
 Variants (``--variants``):
 
@@ -57,15 +58,17 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         synthetic_sequences=args.synthetic,
         synthetic_frames=96,
         data_file=args.data_file,
+        noise_free_fraction=args.noise_free_fraction,
         init_weights=str(bundled_weights_path("stf")),
         validate_every=args.iterations,
         checkpoint_every=100,
         log_every=50,
-        out_dir=str(args.out / name),
+        out_dir=str(args.out / f"{name}-nf{args.noise_free_fraction:g}"),
     )
     began = time.monotonic()
     train(config, progress=lambda line: print(f"[{name}] {line}", flush=True))
-    rows = [json.loads(line) for line in (args.out / name / LOG_JSONL).read_text().splitlines()]
+    log = Path(config.out_dir) / LOG_JSONL
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
     validated = [r for r in rows if r.get("validation")]
     speeds = [r["iterations_per_s"] for r in rows if r.get("iterations_per_s")]
     return {
@@ -86,13 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr-crop", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--synthetic", type=int, default=6, help="synthetic training scenes")
+    parser.add_argument("--noise-free-fraction", type=float,
+                        default=TrainConfig.noise_free_fraction,
+                        help="share of training samples without LR noise")
     parser.add_argument("--data-file", help=".npz of scripts/build_training_data.py")
     parser.add_argument("--out", type=Path, default=Path("xfusion-ablation"))
     args = parser.parse_args(argv)
 
     results = [run_variant(name, args) for name in args.variants]
-    print(f"\n{args.iterations} steps, batch {args.batch_size}, LR crop {args.lr_crop}; "
-          "validation PSNR (dB), D = 20, whole frames")
+    print(f"\n{args.iterations} steps, batch {args.batch_size}, LR crop {args.lr_crop}, "
+          f"{args.noise_free_fraction:.0%} noise-free samples; validation PSNR (dB), D = 20, "
+          "whole frames")
     print("| variant | steps/s | before: clean / noisy | after: clean / noisy | after, all |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in results:

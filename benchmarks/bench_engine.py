@@ -34,17 +34,21 @@ from napari_xfusion.engine import Engine, resolve_device
 from napari_xfusion.metrics import psnr
 from napari_xfusion.models import build_model, bundled_weights_path, count_parameters, load_weights
 from napari_xfusion.synthetic import synthetic_lpbf
-from napari_xfusion.timeline import Timeline
+from napari_xfusion.timeline import FrameInputs, Timeline
 
 #: Keyframe spacing of the ``sequence`` timings.
 SEQUENCE_SPACING = 10
 
 
+#: Where the frames of :func:`frame_inputs` were taken: LR 1, 2, 3 and keyframes 0 and 4.
+FRAME = FrameInputs(t=2, lr=(1, 2, 3), hr=(0, 1), hr_times=(0, 4), is_keyframe=False)
+
+
 def frame_inputs(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Three LR frames and two HR keyframes of the synthetic scene at an HR size."""
+    """Three LR frames and two HR keyframes of the synthetic scene at an HR size (FRAME)."""
     truth = synthetic_lpbf(n_frames=5, height=height, width=width, seed=1)
-    lr = truth[[1, 2, 3]].reshape(3, height // 4, 4, width // 4, 4).mean(axis=(2, 4))
-    return lr.astype(np.float32), truth[[0, 4]]
+    lr = truth[list(FRAME.lr)].reshape(3, height // 4, 4, width // 4, 4).mean(axis=(2, 4))
+    return lr.astype(np.float32), truth[list(FRAME.hr_times)]
 
 
 def sequence_inputs(height: int, width: int, n: int) -> tuple[np.ndarray, np.ndarray, Timeline]:
@@ -58,7 +62,7 @@ def sequence_inputs(height: int, width: int, n: int) -> tuple[np.ndarray, np.nda
 
 def time_sequence(engine: Engine, lr, hr, timeline: Timeline) -> float:
     """Wall time per output frame in ms of one engine pass over a sequence, after a warm-up."""
-    engine.fuse_frame(lr[:3], hr[:2])
+    engine.fuse_frame(lr[:3], hr[:2], FRAME)
     sync(engine.device)
     start = time.perf_counter()
     for _ in engine.run(lr, hr, timeline):
@@ -95,10 +99,11 @@ def reference_forward(model, lr: np.ndarray, hr: np.ndarray, device: torch.devic
     """Whole-frame fp32 batch-1 forward, as the reference implementation runs it."""
     lr_t = torch.from_numpy(lr)[None, :, None].to(device)
     hr_t = torch.from_numpy(hr)[None, :, None].to(device)
+    position = torch.tensor([FRAME.position], device=device)
 
     def run():
         with torch.inference_mode():
-            return model(lr_t, hr_t)[0][0, 0].float().cpu().numpy()
+            return model(lr_t, hr_t, position)[0][0, 0].float().cpu().numpy()
 
     return run
 
@@ -153,8 +158,8 @@ def main() -> None:
                 ))
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                ms = time_call(lambda: engine.fuse_frame(lr, hr), device, args.repeats)
-                out, _ = engine.fuse_frame(lr, hr)
+                ms = time_call(lambda: engine.fuse_frame(lr, hr, FRAME), device, args.repeats)
+                out, _ = engine.fuse_frame(lr, hr, FRAME)
                 quality = ""
                 if reference is not None:
                     quality = f"{psnr(out, np.clip(reference, 0, 1)):13.1f}"

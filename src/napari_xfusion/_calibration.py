@@ -48,14 +48,23 @@ def draw_calibration(result: CalibrationResult, figure: Figure) -> None:
     bars, loss = figure.subplots(1, 2)
     names = ["bicubic", "before", "after"]
     values = [result.bicubic_psnr, result.psnr_before, result.psnr_after]
-    colours = ["#8a8a8a", "#4a78c2", "#2e9e44" if result.helped else "#d04040"]
-    bars.bar(names, values, color=colours)
-    low = min(values) - 2.0
-    bars.set_ylim(low, max(values) + 1.0)
+    verdict_colour = {"helped": "#2e9e44", "did not help": "#d04040"}.get(
+        result.verdict, "#d08a1e"
+    )
+    bars.bar(names, values, color=["#8a8a8a", "#4a78c2", verdict_colour])
+    # Each held-out keyframe, before and after: the spread the verdict weighs the gain by.
+    for before, after in zip(result.keyframe_psnr_before, result.keyframe_psnr_after):
+        bars.plot([1, 2], [before, after], color="black", lw=0.8, marker="o", ms=3)
+    points = [*values, *result.keyframe_psnr_before, *result.keyframe_psnr_after]
+    bars.set_ylim(min(points) - 2.0, max(points) + 1.0)
     for x, value in enumerate(values):
         bars.text(x, value + 0.1, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
     bars.set_ylabel("PSNR on held-out keyframes (dB)")
-    bars.set_title(f"{len(result.validation_keyframes)} held-out keyframes", fontsize=9)
+    bars.set_title(
+        f"{result.verdict}: {result.gain:+.2f} dB over "
+        f"{len(result.validation_keyframes)} held-out keyframes",
+        fontsize=9,
+    )
     loss.plot(range(1, len(result.losses) + 1), result.losses, lw=0.8)
     loss.set_xlabel("iteration")
     loss.set_ylabel("training loss")
