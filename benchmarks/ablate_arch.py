@@ -3,7 +3,7 @@
 Every variant starts from the bundled weights (:func:`napari_xfusion.models.init_from`
 copies what fits; new heads start at zero) and is fine-tuned with the same data, seed,
 batches and number of steps. The held-out validation samples of
-:func:`napari_xfusion.train.train` (whole frames of the validation sequences, keyframes
+:func:`napari_xfusion.training.train.train` (whole frames of the validation sequences, keyframes
 every 20 frames, every other sample with LR Poisson noise) score each variant before and
 after. A variant whose run folder is complete is not trained again, so the script can be
 stopped and restarted. ``--noise-free-fraction`` varies the share of noise-free training
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from napari_xfusion.config import ModelConfig, TrainConfig
 from napari_xfusion.models import bundled_weights_path, load_weights
-from napari_xfusion.train import LOG_JSONL, train
+from napari_xfusion.training.train import LOG_JSONL, train
 
 VARIANTS = {
     "control": {},

@@ -31,7 +31,7 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_xfusion.config import NoiseConfig, TimeModel
-from napari_xfusion.fusion import create_method
+from napari_xfusion.methods import create_method
 from napari_xfusion.metrics import psnr
 from napari_xfusion.simulate import Experiment, simulate_experiment
 from napari_xfusion.synthetic import synthetic_lpbf

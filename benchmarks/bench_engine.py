@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
-from napari_xfusion.engine import Engine, resolve_device
+from napari_xfusion.devices import resolve_device
+from napari_xfusion.engine import Engine
 from napari_xfusion.metrics import psnr
 from napari_xfusion.models import build_model, bundled_weights_path, count_parameters, load_weights
 from napari_xfusion.synthetic import synthetic_lpbf
@@ -129,9 +130,11 @@ def main() -> None:
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device: {device} ({name}), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
     print(f"tile {args.tile}, overlap {args.overlap}, batch {args.batch}")
-    print(f"{'preset':8s} {'size':>10s} {'path':>16s} {'ms/frame':>10s} {'peak MB':>9s} {'PSNR vs fp32':>13s}")
+    print(f"{'preset':8s} {'size':>10s} {'path':>16s} {'ms/frame':>10s} {'peak MB':>9s} "
+          f"{'PSNR vs fp32':>13s}")
     for preset in args.presets:
         torch.manual_seed(0)
         if args.trained and preset == "default":
@@ -158,7 +161,10 @@ def main() -> None:
                 ))
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                ms = time_call(lambda: engine.fuse_frame(lr, hr, FRAME), device, args.repeats)
+                ms = time_call(
+                    lambda engine=engine, lr=lr, hr=hr: engine.fuse_frame(lr, hr, FRAME),
+                    device, args.repeats,
+                )
                 out, _ = engine.fuse_frame(lr, hr, FRAME)
                 quality = ""
                 if reference is not None:
@@ -168,8 +174,10 @@ def main() -> None:
                 model = engine.model  # the engine may have moved it to channels-last
                 if args.sequence:
                     sequence = sequence_inputs(height, width, args.sequence)
-                    for label, cache_mb in (("per output", 0), ("reuse", EngineConfig.feature_cache_mb)):
-                        engine = Engine(model, dataclasses.replace(engine.config, feature_cache_mb=cache_mb))
+                    caches = (("per output", 0), ("reuse", EngineConfig.feature_cache_mb))
+                    for label, cache_mb in caches:
+                        config = dataclasses.replace(engine.config, feature_cache_mb=cache_mb)
+                        engine = Engine(model, config)
                         if device.type == "cuda":
                             torch.cuda.reset_peak_memory_stats(device)
                         ms = time_sequence(engine, *sequence)

@@ -23,7 +23,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
-from napari_xfusion._widget import FusionWidget
+from napari_xfusion._napari.widget import FusionWidget
 
 
 def event_gaps(seconds_or_until, tick_ms: int) -> np.ndarray:

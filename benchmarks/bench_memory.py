@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"python {platform.python_version()}")
     print(f"method {args.method}, HR {args.size}x{args.size}, LR {args.size // SCALE}x"
           f"{args.size // SCALE}, keyframes every {args.spacing} frames, uint16 BigTIFF in/out")
     header = ("frames", "write s", "fuse s", "frames/s", "peak RSS MB", "peak anon MB",

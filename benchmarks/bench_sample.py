@@ -22,7 +22,8 @@ import torch
 
 from napari_xfusion.config import EngineConfig
 from napari_xfusion.demo import sample_experiment
-from napari_xfusion.engine import Engine, resolve_device
+from napari_xfusion.devices import resolve_device
+from napari_xfusion.engine import Engine
 from napari_xfusion.metrics import psnr
 from napari_xfusion.models import bundled_weights_path, load_weights
 

@@ -10,7 +10,7 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 * ``edvr``: EDVR from the LR frames alone (bundled weights, when there are any);
 * ``stf``: EDVR-STF with the bundled weights;
 * ``stf-cal``: EDVR-STF calibrated on the sequence's own keyframes for ``--calibrate-minutes``
-  CPU minutes (:func:`napari_xfusion.calibrate.calibrate`), with its verdict;
+  CPU minutes (:func:`napari_xfusion.training.calibrate.calibrate`), with its verdict;
 * ``auto``: the method :func:`napari_xfusion.assess.assess` picks from the keyframes alone
   (the truth is never shown to it), and the unseen-frame PSNR of that pick.
 
@@ -39,12 +39,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from napari_xfusion.assess import assess, candidate_methods  # noqa: E402
-from napari_xfusion.calibrate import calibrate  # noqa: E402
 from napari_xfusion.config import CalibrationConfig, EngineConfig, NoiseConfig, TimeModel  # noqa: E402
-from napari_xfusion.fusion import create_method  # noqa: E402
+from napari_xfusion.methods import create_method  # noqa: E402
 from napari_xfusion.metrics import evaluate  # noqa: E402
 from napari_xfusion.simulate import simulate_experiment  # noqa: E402
-from napari_xfusion.training_data import REAL, load_sequence_file  # noqa: E402
+from napari_xfusion.training.calibrate import calibrate  # noqa: E402
+from napari_xfusion.training.data import REAL, load_sequence_file  # noqa: E402
 
 CLASSICAL = ("bicubic", "transfer", "bayes")
 SPACINGS = (10, 20)
@@ -133,10 +133,10 @@ def box_figure(per_frame: dict, methods: list[str], path: Path) -> None:
     rows = -(-len(keys) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, key in zip(axes.flat, keys):
+    for ax, key in zip(axes.flat, keys, strict=False):
         present = [m for m in methods if m in per_frame[key]]
         box = ax.boxplot([per_frame[key][m] for m in present], patch_artist=True, widths=0.6)
-        for patch, color in zip(box["boxes"], colors):
+        for patch, color in zip(box["boxes"], colors, strict=False):
             patch.set_facecolor(color)
             patch.set_alpha(0.6)
         ax.set_xticks(range(1, len(present) + 1), present, rotation=45, fontsize=7)
@@ -153,7 +153,8 @@ def box_figure(per_frame: dict, methods: list[str], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-file", default=".device-data/sequences.npz")
-    parser.add_argument("--sequences", nargs="+", help="names of val/ sequences (default: all real)")
+    parser.add_argument("--sequences", nargs="+",
+                        help="names of val/ sequences (default: all real ones)")
     parser.add_argument("--frames", type=int, default=None, help="most frames per sequence")
     parser.add_argument("--calibrate-minutes", type=float, default=5.0,
                         help="CPU minutes of calibration per setting; 0 skips it (default 5)")

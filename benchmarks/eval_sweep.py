@@ -10,7 +10,7 @@ method and reports PSNR, AAD and SSIM over the frames whose HR frame was not giv
 * LR separation r in {1, 2, 3}.
 
 The scenes use seeds far from the training (2*i) and validation (2*i+1) seeds of
-``training_data.synthetic_seed``, so no evaluated frame was seen in training. The default
+``training.data.synthetic_seed``, so no evaluated frame was seen in training. The default
 HR frame size is 256x512, the size the STF network was trained on.
 
 Writes a CSV of mean/median per setting and method, and box plots of the per-frame PSNR
@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from napari_xfusion.config import EngineConfig, NoiseConfig, TimeModel  # noqa: E402
-from napari_xfusion.fusion import create_method  # noqa: E402
+from napari_xfusion.methods import create_method  # noqa: E402
 from napari_xfusion.metrics import METRICS, evaluate  # noqa: E402
 from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 from napari_xfusion.synthetic import synthetic_lpbf  # noqa: E402
@@ -112,7 +112,7 @@ def box_figure(records, sweep: str, methods, path: Path, title: str) -> None:
             results = records[(regime, sweep, label(sweep, setting))]
             data = [results[m].values["psnr"] for m in methods]
             box = ax.boxplot(data, patch_artist=True, widths=0.6)
-            for patch, c in zip(box["boxes"], colors):
+            for patch, c in zip(box["boxes"], colors, strict=False):
                 patch.set_facecolor(c)
                 patch.set_alpha(0.6)
             ax.set_xticks(range(1, len(methods) + 1), methods, rotation=45, fontsize=8)

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_xfusion.training_data import (
+from napari_xfusion.training.data import (
     REAL,
     Sequence,
     make_sequence,

@@ -15,8 +15,8 @@ import time
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_xfusion._plots import AttentionPlot
-from napari_xfusion._widget import FusionWidget
+from napari_xfusion._napari.plots import AttentionPlot
+from napari_xfusion._napari.widget import FusionWidget
 
 
 def wait_until(condition, timeout: float = 600.0) -> None:

@@ -16,4 +16,6 @@ if ((${#missing[@]})); then
 fi
 
 python3 -m pip install -q -e ".[testing]"
+# Lint first (import order, pyflakes, bugbear): a finding fails the run like a failed test.
+python3 -m ruff check src tests benchmarks scripts
 python3 -m pytest "$@"

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -47,3 +49,11 @@ def stack_files(tmp_path, small_experiment):
     tifffile.imwrite(hr, (exp.hr * 60000).astype(np.uint16), photometric="minisblack")
     tifffile.imwrite(truth, (exp.truth * 60000).astype(np.uint16), photometric="minisblack")
     return lr, hr, truth
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test of the napari side drives a viewer: mark it ``gui``."""
+    napari_tests = Path(__file__).parent / "napari"
+    for item in items:
+        if napari_tests in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.gui)

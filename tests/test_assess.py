@@ -10,7 +10,7 @@ import pytest
 from napari_xfusion.assess import assess, assessable_keyframes, candidate_methods
 from napari_xfusion.config import EngineConfig, TimeModel
 from napari_xfusion.demo import sample_experiment
-from napari_xfusion.fusion import create_method
+from napari_xfusion.methods import create_method
 from napari_xfusion.metrics import evaluate
 from napari_xfusion.timeline import Timeline
 
@@ -25,6 +25,7 @@ def true_unseen_psnr(method, exp) -> float:
     return summary["unseen"]["psnr_mean"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise_psnr", [None, 30.0], ids=["clean", "noisy"])
 def test_estimates_rank_methods_as_their_true_unseen_psnr(noise_psnr):
     # Generated sequences with full-rate ground truth: clean LR favours the keyframe-detail
@@ -95,7 +96,8 @@ def test_keyframe_choice_and_clear_errors():
     with pytest.raises(ValueError, match="at least 3 HR keyframes"):
         assessable_keyframes(Timeline(n_lr=12, n_hr=2, model=TimeModel(spacing=10)))
     with pytest.raises(ValueError, match="at least one method"):
-        assess(np.zeros((11, 8, 8)), np.zeros((3, 32, 32)), Timeline(11, 3, TimeModel(spacing=5)), {})
+        assess(np.zeros((11, 8, 8)), np.zeros((3, 32, 32)),
+               Timeline(11, 3, TimeModel(spacing=5)), {})
 
 
 def test_cancel_stops_between_predictions():

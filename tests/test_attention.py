@@ -3,7 +3,7 @@ import pytest
 
 from napari_xfusion.attention import AttentionLog, attention_csv_path
 from napari_xfusion.config import TimeModel
-from napari_xfusion.fusion import FusedFrame
+from napari_xfusion.streaming import FusedFrame
 from napari_xfusion.timeline import Timeline
 
 
@@ -26,7 +26,9 @@ def test_normalized_scores_follow_paper_definition(tmp_path):
     path = tmp_path / "a.csv"
     log.write_csv(path)
     rows = path.read_text().splitlines()
-    assert rows[0].split(",")[:5] == ["frame", "keyframe", "hr_k0_time", "hr_k1_time", "frames_after_k0"]
+    assert rows[0].split(",")[:5] == [
+        "frame", "keyframe", "hr_k0_time", "hr_k1_time", "frames_after_k0"
+    ]
     assert len(rows) == 13
 
 

@@ -69,7 +69,8 @@ def test_existing_output_is_not_overwritten(tmp_path, capsys, stack_files):
     code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5)
     assert code == 2 and "--overwrite" in err
     assert out.read_bytes() == b"precious"
-    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--overwrite", "--method", "bicubic")
+    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--overwrite",
+                       "--method", "bicubic")
     assert code == 0, err
     assert tifffile.imread(out).shape == (16, 64, 96)
 
@@ -93,7 +94,9 @@ def _no_outputs(directory, keep):
         ("bad_dir", "does not exist"),
     ],
 )
-def test_bad_input_gets_one_clear_message_and_no_output(tmp_path, capsys, stack_files, make_case, message):
+def test_bad_input_gets_one_clear_message_and_no_output(
+    tmp_path, capsys, stack_files, make_case, message
+):
     lr, hr, _ = stack_files
     lr_arr, hr_arr = tifffile.imread(lr), tifffile.imread(hr)
     args = ["--spacing", 5]
@@ -163,6 +166,7 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert tifffile.imread(tmp_path / "demo" / "truth.tif").shape[0] == 12
 
 
+@pytest.mark.slow
 def test_stf_with_bundled_weights_writes_attention_scores(tmp_path, capsys, stack_files):
     lr, hr, truth = stack_files
     out = tmp_path / "fused_stf.tif"
@@ -182,12 +186,14 @@ def test_stf_with_bundled_weights_writes_attention_scores(tmp_path, capsys, stac
     assert all(np.isfinite(float(r[col["hr_k1"]])) for r in body)
 
 
+@pytest.mark.slow
 def test_calibrate_reports_before_and_after(tmp_path, capsys):
     # 21 frames with keyframes every 4: five keyframes inside, one held out for checking.
     from napari_xfusion.config import TimeModel
     from napari_xfusion.demo import sample_experiment
 
-    exp = sample_experiment(n_frames=21, shape=(64, 96), time_model=TimeModel(spacing=4), noise_psnr=None)
+    exp = sample_experiment(n_frames=21, shape=(64, 96), time_model=TimeModel(spacing=4),
+                            noise_psnr=None)
     lr, hr = tmp_path / "lr.tif", tmp_path / "hr.tif"
     tifffile.imwrite(lr, exp.lr, photometric="minisblack")
     tifffile.imwrite(hr, exp.hr, photometric="minisblack")
@@ -203,6 +209,7 @@ def test_calibrate_reports_before_and_after(tmp_path, capsys):
     assert code == 2 and ".safetensors" in err
 
 
+@pytest.mark.slow
 def test_assess_ranks_methods_and_auto_fuses_with_the_best(tmp_path, capsys, stack_files):
     lr, hr, _ = stack_files
     code, stdout, err = run(capsys, "assess", lr, hr, "--spacing", 5,
@@ -233,3 +240,16 @@ def bundled_stf():
     from napari_xfusion.models import bundled_weights_path
 
     return bundled_weights_path("stf")
+
+
+def test_train_defaults_are_the_library_defaults():
+    # A run started from Python (TrainConfig()) must be resumable from the command line,
+    # and the run's identity includes these settings.
+    from napari_xfusion.cli import build_parser
+    from napari_xfusion.config import TrainConfig
+
+    args = build_parser().parse_args(["train"])
+    defaults = TrainConfig()
+    assert (args.iterations, args.out_dir, args.batch_size, args.preset, args.arch,
+            args.seed) == (defaults.iterations, defaults.out_dir, defaults.batch_size,
+                           defaults.preset, defaults.arch, defaults.seed)

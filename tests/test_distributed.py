@@ -15,10 +15,13 @@ from napari_xfusion import distributed as xdist  # noqa: E402
 from napari_xfusion.attention import attention_csv_path  # noqa: E402
 from napari_xfusion.cli import main  # noqa: E402
 from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel  # noqa: E402
-from napari_xfusion.fusion import create_method  # noqa: E402
 from napari_xfusion.io import incomplete_path, read_metadata, read_stack  # noqa: E402
+from napari_xfusion.methods import create_method  # noqa: E402
 from napari_xfusion.models import build_model, save_weights  # noqa: E402
 from napari_xfusion.pipeline import fuse_to_file, prepare_inputs  # noqa: E402
+
+# Every test here starts or uses a cluster of worker processes.
+pytestmark = pytest.mark.slow
 
 TIME_MODEL = TimeModel(spacing=5)
 
@@ -117,7 +120,7 @@ def _fail(flag_path, t_fail):
     """
     import os
 
-    from napari_xfusion.baselines import DetailTransfer
+    from napari_xfusion.methods.classical import DetailTransfer
 
     original = DetailTransfer.fuse_frame
 
@@ -133,9 +136,10 @@ def _fail(flag_path, t_fail):
 
 
 def _restore():
-    from napari_xfusion.baselines import DetailTransfer
+    from napari_xfusion.methods.classical import DetailTransfer
 
-    DetailTransfer.fuse_frame = getattr(DetailTransfer.fuse_frame, "original", DetailTransfer.fuse_frame)
+    fuse_frame = DetailTransfer.fuse_frame
+    DetailTransfer.fuse_frame = getattr(fuse_frame, "original", fuse_frame)
 
 
 @pytest.fixture
@@ -178,6 +182,15 @@ def test_a_permanent_failure_leaves_nothing_under_the_output_name(
     partial = incomplete_path(out)
     if partial.exists():
         assert read_metadata(partial)["complete"] is False
+    if suffix == ".zarr":
+        # The frames of the chunks that finished are kept, and the store says which.
+        meta = read_metadata(partial)
+        spans = meta["written_frames"]
+        assert meta["frames_written"] == sum(stop - start for start, stop in spans) > 0
+        assert [6, 9] not in spans  # the chunk of frame 7 never finished
+        kept = read_output(partial)
+        for start, stop in spans:
+            assert kept[start:stop].any()
 
 
 def test_cli_with_a_local_cluster(tmp_path, capsys, stack_files):

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
+from napari_xfusion import devices
 from napari_xfusion import engine as engine_module
-from napari_xfusion.engine import Engine, FeatureCache, autocast_dtype, resolve_device
-from napari_xfusion.fusion import create_method
+from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
+from napari_xfusion.devices import autocast_dtype, resolve_device
+from napari_xfusion.engine import Engine, FeatureCache
+from napari_xfusion.methods import create_method
 from napari_xfusion.metrics import psnr
-from napari_xfusion.models import WeightsError, build_model
+from napari_xfusion.models import build_model
 from napari_xfusion.tiling import tile_grid
 from napari_xfusion.timeline import Timeline
 
@@ -24,6 +26,11 @@ def tiny(arch="stf", seed=0):
     with torch.no_grad():
         model.conv_last.weight.mul_(5.0)
     return model
+
+
+def cpu(**settings) -> EngineConfig:
+    """Engine settings for exact comparisons: the CPU in fp32."""
+    return EngineConfig(device="cpu", precision="fp32", **settings)
 
 
 def textured(h, w, seed=0):
@@ -39,11 +46,12 @@ def inputs(h=40, w=56, seed=0):
     return lr, hr
 
 
+@pytest.mark.slow
 def test_tiled_output_matches_whole_frame():
     model = tiny()
     lr, hr = inputs(96, 128)
-    whole, att_whole = Engine(model, EngineConfig(tile=0, device="cpu", precision="fp32")).fuse_frame(lr, hr)
-    tiled, att_tiled = Engine(model, EngineConfig(tile=48, overlap=16, batch=3, device="cpu", precision="fp32")).fuse_frame(lr, hr)
+    whole, att_whole = Engine(model, cpu(tile=0)).fuse_frame(lr, hr)
+    tiled, att_tiled = Engine(model, cpu(tile=48, overlap=16, batch=3)).fuse_frame(lr, hr)
     assert whole.shape == tiled.shape == (384, 512)
     # The residual is a real, context-dependent signal, not just the bilinear base.
     base = torch.nn.functional.interpolate(torch.from_numpy(lr[1][None, None]), scale_factor=4,
@@ -53,6 +61,7 @@ def test_tiled_output_matches_whole_frame():
     np.testing.assert_allclose(att_tiled, att_whole, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.slow
 def test_no_seam_on_a_ramp():
     model = tiny(seed=1)
     h, w = 32, 96
@@ -60,9 +69,9 @@ def test_no_seam_on_a_ramp():
     lr = np.stack([ramp] * 3)
     hr_ramp = np.tile(np.linspace(0.1, 0.9, 4 * w, dtype=np.float32), (4 * h, 1))
     hr = np.stack([hr_ramp] * 2)
-    engine = Engine(model, EngineConfig(tile=32, overlap=8, device="cpu", precision="fp32"))
+    engine = Engine(model, cpu(tile=32, overlap=8))
     tiled, _ = engine.fuse_frame(lr, hr)
-    whole, _ = Engine(model, EngineConfig(tile=0, device="cpu", precision="fp32")).fuse_frame(lr, hr)
+    whole, _ = Engine(model, cpu(tile=0)).fuse_frame(lr, hr)
     # Along x the tiled output must be as smooth as the whole-frame output everywhere,
     # tile boundaries included.
     rough_tiled = np.abs(np.diff(tiled[8:-8], n=2, axis=1)).max()
@@ -71,13 +80,14 @@ def test_no_seam_on_a_ramp():
     assert np.abs(tiled - whole).max() < 5e-3
 
 
+@pytest.mark.slow
 def test_pads_sizes_that_are_not_multiples_of_four():
     model = tiny()
     lr, hr = inputs(30, 45)
-    out, att = Engine(model, EngineConfig(tile=0, device="cpu", precision="fp32")).fuse_frame(lr, hr)
+    out, att = Engine(model, cpu(tile=0)).fuse_frame(lr, hr)
     assert out.shape == (120, 180) and att.shape == (5,)
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
-    tiled, _ = Engine(model, EngineConfig(tile=24, overlap=8, device="cpu", precision="fp32")).fuse_frame(lr, hr)
+    tiled, _ = Engine(model, cpu(tile=24, overlap=8)).fuse_frame(lr, hr)
     assert tiled.shape == (120, 180)
     assert psnr(tiled, out) > 40
 
@@ -85,9 +95,10 @@ def test_pads_sizes_that_are_not_multiples_of_four():
 def test_rejects_mismatched_hr_size():
     lr, hr = inputs(32, 32)
     with pytest.raises(ValueError, match="4 times the LR size"):
-        Engine(tiny(), EngineConfig(device="cpu", precision="fp32")).fuse_frame(lr, hr[:, :100])
+        Engine(tiny(), cpu()).fuse_frame(lr, hr[:, :100])
 
 
+@pytest.mark.slow
 def test_run_streams_frames_reading_each_input_once(counting):
     model = tiny()
     n = 9
@@ -97,7 +108,7 @@ def test_run_streams_frames_reading_each_input_once(counting):
     timeline = Timeline(n, 3, TimeModel(spacing=4, separation=2))
     progress = []
     frames = list(
-        Engine(model, EngineConfig(tile=0, device="cpu", precision="fp32")).run(
+        Engine(model, cpu(tile=0)).run(
             lr, hr, timeline, progress=lambda d, t: progress.append((d, t))
         )
     )
@@ -109,6 +120,7 @@ def test_run_streams_frames_reading_each_input_once(counting):
     assert progress[-1] == (n, n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tile", [0, 24])
 def test_features_of_each_input_frame_are_computed_once(monkeypatch, tile):
     model = tiny()
@@ -140,7 +152,7 @@ def test_features_of_each_input_frame_are_computed_once(monkeypatch, tile):
     assert counts == {"lr": n * tiles, "hr": n_hr * tiles}
     # Without the cache every output extracts its frames, less the clamped duplicates.
     assert counts_plain["lr"] > 2.5 * n * tiles and counts_plain["hr"] == 2 * n * tiles
-    for a, b in zip(shared, per_output):
+    for a, b in zip(shared, per_output, strict=True):
         np.testing.assert_allclose(a.image, b.image, atol=1e-5)
         np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
 
@@ -166,7 +178,10 @@ def test_feature_cache_holds_only_the_frames_still_needed(monkeypatch):
 
 def test_feature_cache_keeps_to_its_budget():
     cache = FeatureCache(budget_bytes=3 * 400)
-    pyramid = lambda: [torch.zeros(100), torch.zeros(0)]  # 400 bytes
+
+    def pyramid():
+        return [torch.zeros(100), torch.zeros(0)]  # 400 bytes
+
     for key in range(5):
         cache.put(key, pyramid())
     assert cache.size == 1200
@@ -179,9 +194,9 @@ def test_feature_cache_keeps_to_its_budget():
 
 def test_out_of_memory_halves_tiles_and_retries(monkeypatch, caplog):
     model = tiny()
-    engine = Engine(model, EngineConfig(tile=64, overlap=8, device="cpu", precision="fp32"))
+    engine = Engine(model, cpu(tile=64, overlap=8))
     lr, hr = inputs(64, 64)
-    expected, _ = Engine(model, EngineConfig(tile=0, device="cpu", precision="fp32")).fuse_frame(lr, hr)
+    expected, _ = Engine(model, cpu(tile=0)).fuse_frame(lr, hr)
     real = engine._run_batch
     calls = {"n": 0}
 
@@ -201,7 +216,7 @@ def test_out_of_memory_halves_tiles_and_retries(monkeypatch, caplog):
 
 def test_edvr_attention_has_three_scores_and_ignores_hr():
     model = tiny("edvr")
-    engine = Engine(model, EngineConfig(tile=0, device="cpu", precision="fp32"))
+    engine = Engine(model, cpu(tile=0))
     lr, hr = inputs(16, 16)
     out_a, att = engine.fuse_frame(lr, hr)
     out_b, _ = engine.fuse_frame(lr, np.zeros_like(hr))
@@ -213,10 +228,10 @@ def test_neural_methods_through_registry():
     timeline = Timeline(4, 2, TimeModel(spacing=3))
     lr = np.stack([textured(16, 16, i) for i in range(4)])
     hr = np.stack([textured(64, 64, 10 + i) for i in range(2)])
-    method = create_method("stf", model=tiny(), engine=EngineConfig(device="cpu", tile=0, precision="fp32"))
+    method = create_method("stf", model=tiny(), engine=cpu(tile=0))
     frames = list(method.fuse(lr, hr, timeline))
     assert len(frames) == 4 and frames[0].attention.shape == (5,)
-    with pytest.raises(WeightsError, match="architecture"):
+    with pytest.raises(ValueError, match="runs an 'edvr' network, not this 'stf' one"):
         create_method("edvr", model=tiny("stf"))
     with pytest.raises(ValueError, match="scale"):
         list(method.fuse(lr, hr, Timeline(4, 2, TimeModel(spacing=3, scale=2))))
@@ -236,7 +251,7 @@ def test_device_selection():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_on_cpu(monkeypatch, native):
-    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
     assert autocast_dtype(cpu, "auto", training=True) == (torch.bfloat16 if native else None)
@@ -247,11 +262,12 @@ def test_auto_precision_on_cpu(monkeypatch, native):
 def test_bf16_output_stays_close_to_fp32():
     model = tiny()
     lr, hr = inputs(48, 64)
-    fp32, _ = Engine(model, EngineConfig(device="cpu", precision="fp32")).fuse_frame(lr, hr)
+    fp32, _ = Engine(model, cpu()).fuse_frame(lr, hr)
     bf16, _ = Engine(model, EngineConfig(device="cpu", precision="bf16")).fuse_frame(lr, hr)
     assert 45 < psnr(bf16, fp32) < 200
 
 
+@pytest.mark.slow
 def test_a_transfer_base_network_gets_its_keyframes_and_positions(small_experiment):
     # Untrained, a network with base="transfer" is detail transfer itself: streamed by the
     # engine over a sequence (keyframe times and frames past the last keyframe included),
@@ -260,7 +276,7 @@ def test_a_transfer_base_network_gets_its_keyframes_and_positions(small_experime
     torch.manual_seed(0)
     config = ModelConfig.from_dict({**ModelConfig.preset("tiny").to_dict(), "base": "transfer"})
     exp = small_experiment
-    engine = Engine(build_model(config), EngineConfig(device="cpu", precision="fp32"))
+    engine = Engine(build_model(config), cpu())
     fused = [f.image for f in engine.run(exp.lr, exp.hr, exp.timeline)]
     expected = [f.image for f in create_method("transfer").fuse(exp.lr, exp.hr, exp.timeline)]
     np.testing.assert_allclose(np.stack(fused), np.stack(expected), atol=2e-5)

@@ -4,7 +4,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from napari_xfusion._record import ResultStack
+from napari_xfusion._napari.record import ResultStack
 from napari_xfusion.ratio import ratio_contrast_limits, ratio_to_previous
 
 

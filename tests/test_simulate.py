@@ -8,7 +8,6 @@ from napari_xfusion.simulate import (
     b0_for_psnr,
     bin_frames,
     crop_to_multiple,
-    keyframes,
     noise_b0,
     noisy_frame,
     noisy_lr,
@@ -138,19 +137,6 @@ def test_target_psnr_uses_one_b0_for_the_sequence():
     np.testing.assert_array_equal(noisy_lr(lr, noise), noisy_lr(lr, NoiseConfig(b0=b0, seed=1)))
 
 
-@pytest.mark.parametrize(
-    "spacing, offset", [(1, 0), (2, 0), (2, 1), (10, 0), (10, 3), (11, 0)]
-)
-def test_keyframes_follow_the_time_model(spacing, offset):
-    n = 12
-    hr_full = labelled_stack(n)
-    model = TimeModel(spacing=spacing, offset=offset, separation=1, scale=4)
-    keys = keyframes(hr_full, model)
-    expected = list(range(offset, n, spacing))
-    assert keys.shape == (len(expected), 16, 24) and keys.dtype == np.float32
-    np.testing.assert_array_equal(keys, hr_full[expected])
-
-
 @pytest.mark.parametrize("spacing, offset", [(1, 0), (2, 0), (10, 0), (10, 1), (11, 0), (3, 2)])
 def test_experiment_shapes_and_timeline(spacing, offset):
     n = 12
@@ -165,7 +151,7 @@ def test_experiment_shapes_and_timeline(spacing, offset):
     for arr in (exp.lr, exp.lr_clean, exp.hr, exp.truth):
         assert arr.dtype == np.float32
     np.testing.assert_array_equal(exp.truth, hr_full)
-    np.testing.assert_array_equal(exp.hr, keyframes(hr_full, model))
+    np.testing.assert_array_equal(exp.hr, hr_full[times])
     np.testing.assert_array_equal(exp.timeline.keyframe_times, times)
     assert (exp.timeline.n_lr, exp.timeline.n_hr) == (n, len(times))
     assert exp.timeline.keyframe_mask().sum() == len(times)

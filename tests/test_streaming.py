@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_xfusion.config import TimeModel
-from napari_xfusion.fusion import stream_frames
 from napari_xfusion.io import BackgroundWriter, StackError, open_writer, read_stack
+from napari_xfusion.streaming import stream_frames
 from napari_xfusion.timeline import Timeline
 
 #: Generous bound on waiting for another thread: a guard against hanging, not a timing.

@@ -1,10 +1,14 @@
+import itertools
+
 import numpy as np
 import pytest
 
 from napari_xfusion.tiling import Tile, feather_weights, tile_grid
 
 
-@pytest.mark.parametrize("size, tile, overlap", [((100, 256), 48, 8), ((64, 64), 32, 8), ((40, 52), 96, 16)])
+@pytest.mark.parametrize(
+    "size, tile, overlap", [((100, 256), 48, 8), ((64, 64), 32, 8), ((40, 52), 96, 16)]
+)
 def test_tiles_cover_frame_with_overlap(size, tile, overlap):
     h, w = size
     tiles = tile_grid(h, w, tile, overlap)
@@ -16,7 +20,7 @@ def test_tiles_cover_frame_with_overlap(size, tile, overlap):
     assert cover.min() >= 1
     # Neighbours overlap by at least `overlap` pixels.
     ys = sorted({t.y0 for t in tiles})
-    for a, b in zip(ys, ys[1:]):
+    for a, b in itertools.pairwise(ys):
         assert (a + min(tile, h)) - b >= overlap
 
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fusion import FusionMethod, ProgressCallback, create_method, method_names
 from .holdout import holdout_inputs, spread_evenly, usable_keyframes
+from .methods import FusionMethod, create_method, method_names
 from .metrics import psnr, ssim
 from .models.weights import WeightsError
+from .streaming import ProgressCallback
 from .timeline import Timeline
 
 __all__ = ["Assessment", "MethodScore", "assess", "assessable_keyframes", "candidate_methods"]

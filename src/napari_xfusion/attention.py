@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fusion import FusedFrame
+from .streaming import FusedFrame
 
 #: Names of the five raw scores of EDVR-STF, in input order.
 INPUT_NAMES = ("lr_prev", "lr_ref", "lr_next", "hr_k0", "hr_k1")

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import EngineConfig, NoiseConfig, TimeModel
-from .fusion import create_method, method_names
+from .config import EngineConfig, NoiseConfig, TimeModel, TrainConfig
+from .methods import create_method, method_names
 
 #: The methods that run a network and take the network options.
 NEURAL_METHODS = ("stf", "edvr")
@@ -270,7 +270,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     time_model = None
     if (args.spacing is None) != (args.offset is None):
-        raise ValueError("give both --spacing and --offset, or neither to read them from the fused file.")
+        raise ValueError(
+            "give both --spacing and --offset, or neither to read them from the fused file."
+        )
     if args.spacing is not None:
         time_model = TimeModel(spacing=args.spacing, offset=args.offset)
     evaluation = evaluate_files(args.fused, args.truth, time_model)
@@ -304,15 +306,14 @@ def cmd_convert_weights(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .config import TrainConfig
-    from .train import train
+    from .training.train import train
 
     config = replace(
         TrainConfig(),
         preset=args.preset, arch=args.arch, iterations=args.iterations,
         batch_size=args.batch_size, seed=args.seed, device=args.device,
         out_dir=args.out_dir, data_file=args.data_file, real_dir=args.real_dir,
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes, init_weights=args.init_weights,
     )
     path = train(config, resume=not args.restart)
     print(f"weights: {path}")
@@ -320,10 +321,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
     from .config import CalibrationConfig
     from .io import check_output_path
     from .pipeline import prepare_inputs
+    from .training.calibrate import calibrate
 
     out = check_output_path(args.output, overwrite=args.overwrite, suffixes=(".safetensors",))
     config = CalibrationConfig(
@@ -395,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(binned LR stack, HR keyframes, noise)",
     )
     p.add_argument("hr", help="full-rate HR stack: multi-page TIFF or folder of TIFF frames")
-    p.add_argument("--out-dir", "-o", required=True, help="folder for lr.tif, hr_keyframes.tif, truth.tif")
+    p.add_argument("--out-dir", "-o", required=True,
+                   help="folder for lr.tif, hr_keyframes.tif, truth.tif")
     _add_time_model(p)
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("--noise-psnr", type=float, help="Poisson noise on LR at this LR PSNR (dB)")
@@ -416,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fuse the built-in synthetic sample with every method, write the results "
         "and print their quality",
     )
-    p.add_argument("--out-dir", "-o", default="xfusion-demo", help="output folder (default xfusion-demo)")
+    p.add_argument("--out-dir", "-o", default="xfusion-demo",
+                   help="output folder (default xfusion-demo)")
     p.add_argument("--frames", type=int, default=48, help="sequence length (default 48)")
     p.add_argument("--methods", nargs="+", help="methods to run (default: all that can run)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -426,13 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train EDVR-STF or EDVR (continues the run in --out-dir if there is one)",
     )
-    p.add_argument("--out-dir", "-o", default="xfusion-training", help="checkpoints, logs, weights")
-    p.add_argument("--arch", default="stf", choices=["stf", "edvr"])
-    p.add_argument("--preset", default="default", help="network size: default, paper or tiny")
-    p.add_argument("--iterations", type=int, default=20000, help="optimizer steps of the whole run")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    # Defaults from TrainConfig: a run started from Python continues from the command line.
+    defaults = TrainConfig()
+    p.add_argument("--out-dir", "-o", default=defaults.out_dir,
+                   help=f"checkpoints, logs, weights (default {defaults.out_dir})")
+    p.add_argument("--arch", default=defaults.arch, choices=["stf", "edvr"])
+    p.add_argument("--preset", default=defaults.preset,
+                   help="network size: default, paper or tiny")
+    p.add_argument("--iterations", type=int, default=defaults.iterations,
+                   help=f"optimizer steps of the whole run (default {defaults.iterations})")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--init-weights",
+                   help="start from this weights file of a related network (what fits is copied)")
     p.add_argument("--data-file", help=".npz of sequences from scripts/build_training_data.py")
     p.add_argument("--real-dir", help="folder of .npy/.tif full-rate HR sequences to train on")
     p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long")
@@ -460,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help=".pth checkpoint (loaded with weights_only=True: no code runs)")
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--arch", default="stf", choices=["stf", "edvr"])
-    p.add_argument("--preset", default="paper", help="network size of the checkpoint (default paper)")
+    p.add_argument("--preset", default="paper",
+                   help="network size of the checkpoint (default paper)")
     p.set_defaults(func=cmd_convert_weights)
     return parser
 

@@ -85,10 +85,6 @@ class NoiseConfig:
             f"target LR PSNR must be > 0 dB, got {self.target_psnr!r}.",
         )
 
-    @property
-    def enabled(self) -> bool:
-        return self.b0 is not None or self.target_psnr is not None
-
 
 @dataclass(frozen=True)
 class NormalizationConfig:
@@ -420,7 +416,7 @@ class TrainConfig:
         ``log10`` range of the blank-scan factor ``b0`` of the LR Poisson noise.
     motion_crop_fraction : float
         Share of crops centred where the frame changes between the keyframes and the output
-        time (see :mod:`napari_xfusion.training_data`).
+        time (see :mod:`napari_xfusion.training.data`).
     validation_samples : int
         Fixed whole-frame samples per validation sequence.
     validation_spacing : int
@@ -592,7 +588,7 @@ class TrainConfig:
 class CalibrationConfig:
     """How to fine-tune a trained network on one experiment's own keyframes.
 
-    See :func:`napari_xfusion.calibrate.calibrate`.
+    See :func:`napari_xfusion.training.calibrate.calibrate`.
 
     Parameters
     ----------

@@ -15,8 +15,8 @@ import numpy as np
 
 from .config import NoiseConfig, TimeModel
 from .evaluate import format_summary
-from .fusion import create_method, method_names
 from .io import check_output_path, read_stack, write_stack
+from .methods import create_method, method_names
 from .metrics import evaluate
 from .models.weights import bundled_weights_path
 from .normalize import Normalization
@@ -28,7 +28,7 @@ from .synthetic import synthetic_lpbf
 SAMPLE_SHAPE = (256, 512)
 #: Scene seed of the sample. The bundled networks were trained and validated on scenes
 #: with seeds ``2 * i`` and ``2 * i + 1`` for small ``i`` (see
-#: :func:`napari_xfusion.training_data.synthetic_seed`), so the sample is a scene they
+#: :func:`napari_xfusion.training.data.synthetic_seed`), so the sample is a scene they
 #: have never seen.
 SAMPLE_SEED = 999_999
 
@@ -106,7 +106,7 @@ def run_demo(
         f"(LR PSNR {exp.lr_psnr:.1f} dB), HR {exp.truth.shape[1]}x{exp.truth.shape[2]}, "
         f"{len(exp.hr)} keyframes every {exp.timeline.model.spacing} frames"
     )
-    for stack, path in zip((exp.lr, exp.hr, exp.truth), inputs_written.values()):
+    for stack, path in zip((exp.lr, exp.hr, exp.truth), inputs_written.values(), strict=True):
         write_stack(path, stack, overwrite=overwrite)
 
     identity = Normalization(low=0.0, high=1.0, dtype="float32")

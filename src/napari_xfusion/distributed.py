@@ -51,12 +51,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .attention import AttentionLog, attention_csv_path
+from .checks import full_rate_selection
 from .config import EngineConfig, NormalizationConfig, TimeModel
-from .fusion import FusedFrame, ProgressCallback, create_method, method_names, output_times
-from .io import _move_into_place, check_output_path, incomplete_path, open_writer, read_stack
+from .io import check_output_path, incomplete_path, move_into_place, open_writer, read_stack
+from .methods import create_method, method_names
 from .normalize import Normalization
 from .pipeline import FusionResult, output_metadata, prepare_inputs
-from .timeline import Timeline, full_rate_keyframes
+from .streaming import FusedFrame, ProgressCallback, output_times
+from .timeline import Timeline
 
 #: Output frames per task by default: long enough that reading the halo (2r LR frames and
 #: one or two keyframes more than the chunk itself) costs little, short enough that a few
@@ -107,7 +109,9 @@ def connect(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
     distributed = import_distributed()
     if isinstance(scheduler, distributed.Client):
         if workers is not None:
-            raise ValueError("the number of workers is set only for a local cluster (scheduler 'local').")
+            raise ValueError(
+                "the number of workers is set only for a local cluster (scheduler 'local')."
+            )
         yield scheduler
         return
     if not isinstance(scheduler, str) or not scheduler:
@@ -317,7 +321,7 @@ def fuse_distributed(
                 part, chunk_scores = future.result()
                 index = futures[future]
                 scores[index] = chunk_scores
-                sink.add(index, part)
+                sink.add(index, part, bounds[index])
                 done += bounds[index][1] - bounds[index][0]
                 if progress is not None:
                     progress(done, len(times))
@@ -359,9 +363,12 @@ class _ZarrSink:
             chunks=(1, *frame_shape), dtype=dtype,
         )
         self.array.attrs.update({**metadata, "complete": False, "frames_written": 0})
+        # Tasks finish out of order: the store records which frames it holds.
+        self.written: list[tuple[int, int]] = []
 
-    def add(self, index: int, part: None) -> None:
-        """Nothing to do: the task has written its frames into the array."""
+    def add(self, index: int, part: None, span: tuple[int, int]) -> None:
+        """Record that the task of ``span`` (output frames start, stop) wrote its frames."""
+        self.written.append(span)
 
     def __enter__(self) -> _ZarrSink:
         return self
@@ -369,17 +376,19 @@ class _ZarrSink:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             # As for the streaming writers: bad input leaves nothing behind; after an
-            # interruption the frames made so far stay in the store marked incomplete.
+            # interruption the frames made so far stay in the store marked incomplete,
+            # with their count and where they are.
             if issubclass(exc_type, ValueError):
                 shutil.rmtree(self.target, ignore_errors=True)
+            else:
+                spans = sorted(self.written)
+                self.array.attrs.update({
+                    "frames_written": sum(stop - start for start, stop in spans),
+                    "written_frames": [list(span) for span in spans],
+                })
             return
         self.array.attrs.update({"complete": True, "frames_written": self.n_frames})
-        if self.output.exists() and not self.overwrite:
-            raise FileExistsError(
-                f"{self.output} appeared while the stack was being written and is left as "
-                f"it is; the result is in {self.target}: rename it, or pass --overwrite."
-            )
-        _move_into_place(self.target, self.output)
+        move_into_place(self.target, self.output, self.overwrite)
 
 
 class _TiffSink:
@@ -393,7 +402,7 @@ class _TiffSink:
         self.waiting: dict[int, str] = {}
         self.next = 0
 
-    def add(self, index: int, part: str) -> None:
+    def add(self, index: int, part: str, span: tuple[int, int]) -> None:
         """Take the part of chunk ``index``; append every part now in sequence."""
         self.waiting[index] = part
         while self.next in self.waiting:
@@ -505,7 +514,7 @@ def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any]
         lr_raw = read_stack(lr_source, name="LR stack")
         hr_raw = read_stack(hr_source, name="HR stack")
         if job.hr_full_rate:
-            hr_raw = hr_raw[full_rate_keyframes(len(lr_raw), job.timeline.model)]
+            hr_raw = hr_raw[full_rate_selection(len(lr_raw), len(hr_raw), job.timeline.model)]
         seen = (len(lr_raw), len(hr_raw))
         if seen != (job.timeline.n_lr, job.timeline.n_hr):
             raise ValueError(

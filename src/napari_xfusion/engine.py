@@ -3,7 +3,7 @@
 :class:`Engine` takes LR and HR stacks of any length and frame size (numpy or dask), reads
 each input frame once per pass, cuts every frame into overlapping tiles, runs the tiles in
 batches on the chosen device and blends them back with feathered seams. It yields one
-:class:`~napari_xfusion.fusion.FusedFrame` at a time, with the attention scores of the five
+:class:`~napari_xfusion.streaming.FusedFrame` at a time, with the attention scores of the five
 inputs, so callers can stream results to disk or to a viewer and stop between frames.
 
 Work is done once per input frame, not once per output: the network's first half
@@ -18,7 +18,6 @@ logging that it did.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import OrderedDict
 from typing import Hashable, Iterable, Iterator, Sequence
@@ -26,89 +25,22 @@ from typing import Hashable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .checks import check_scale
 from .config import EngineConfig
-from .fusion import FusedFrame, ProgressCallback, stream_frames
+from .devices import autocast, autocast_dtype, resolve_device
+from .models.arch import SIZE_MULTIPLE
+from .streaming import FusedFrame, ProgressCallback, stream_frames
 from .tiling import Tile, feather_weights, tile_grid
 from .timeline import FrameInputs, Timeline
 
 log = logging.getLogger(__name__)
 
-#: LR frame sizes must be multiples of this (two stride-2 pyramid levels).
-SIZE_MULTIPLE = 4
 #: Smallest tile the engine shrinks to after out-of-memory errors (LR pixels).
 MIN_TILE = 32
 #: With ``tile=None``, frames up to this many LR pixels run whole, larger ones in tiles of
 #: :data:`AUTO_TILE`: overlaps cost compute, and whole frames of this size fit in memory.
 AUTO_WHOLE_PIXELS = 256 * 256
 AUTO_TILE = 256
-
-
-def available_devices() -> list[str]:
-    """Devices that can run a network here: ``"cpu"`` and every CUDA GPU that works."""
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            try:
-                torch.zeros(1, device=f"cuda:{i}")
-            except RuntimeError:
-                continue
-            devices.append(f"cuda:{i}")
-    return devices
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for a device setting.
-
-    ``"auto"`` picks the first working CUDA GPU, else the CPU. An explicit device that does
-    not work raises a :class:`ValueError` listing the devices that do.
-    """
-    working = available_devices()
-    if name == "auto":
-        return torch.device(working[1] if len(working) > 1 else "cpu")
-    wanted = "cuda:0" if name == "cuda" else name
-    if wanted not in working:
-        raise ValueError(
-            f"device {name!r} is not available here; use one of {', '.join(working)} or 'auto'."
-        )
-    return torch.device(wanted)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where it is faster."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(
-    device: torch.device, precision: str, training: bool = False
-) -> torch.dtype | None:
-    """The autocast dtype for a precision setting on a device, or None for fp32.
-
-    ``"auto"`` means bf16 on CUDA, and fp16 on GPUs without bf16 except for ``training``
-    (fp16 needs loss scaling). On a CPU it means bf16 where the CPU computes bf16 natively
-    (1.3-1.7x faster there, for inference at ~66 dB PSNR from the fp32 output; training
-    keeps fp32 weights and an fp32 loss, as on GPUs) and fp32 otherwise.
-    """
-    if precision == "auto" and device.type != "cuda":
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if precision == "auto":
-            return None if training else torch.float16
-        raise ValueError(f"bf16 is not supported on {device}; use precision fp32 or fp16.")
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``device``, or no autocast for None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -225,7 +157,8 @@ class Engine:
         streams = [("lr", lr), ("hr", hr)] if self.uses_hr else [("lr", lr)]
         with torch.inference_mode(), autocast(self.device, self.dtype):
             pyramids = {}
-            for first, (stream, tiles) in zip((0, 3), streams):
+            # EDVR has no HR stream: the zip stops after the LR one.
+            for first, (stream, tiles) in zip((0, 3), streams, strict=False):
                 wanted = {}
                 for b, tile_keys in enumerate(keys):
                     for j in range(tiles.shape[1]):
@@ -338,11 +271,7 @@ class Engine:
     ) -> tuple[np.ndarray, np.ndarray]:
         s = self.scale
         _, h, w = lr.shape
-        if hr.shape[1:] != (s * h, s * w):
-            raise ValueError(
-                f"HR frames of shape {hr.shape[1:]} do not match {s}x LR frames of shape "
-                f"{(h, w)}: the HR size must be exactly {s} times the LR size."
-            )
+        check_scale(lr.shape, hr.shape, s)
         ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         lr = _pad_frames(np.ascontiguousarray(lr, dtype=np.float32), ph, pw)
         hr = _pad_frames(np.ascontiguousarray(hr, dtype=np.float32), s * ph, s * pw)
@@ -364,7 +293,7 @@ class Engine:
                 cache,
                 position,
             )
-            for tile, frame, scores in zip(batch, out, attention):
+            for tile, frame, scores in zip(batch, out, attention, strict=True):
                 weight = feather_weights(tile, H, W, self.overlap, s)
                 region = _hr_region(tile, s)
                 acc[region] += frame * weight
@@ -384,7 +313,7 @@ class Engine:
         progress: ProgressCallback | None = None,
     ) -> Iterator[FusedFrame]:
         """Fuse a sequence frame by frame, as :meth:`FusionMethod.fuse
-        <napari_xfusion.fusion.FusionMethod.fuse>` does; ``attention`` is set on each frame.
+        <napari_xfusion.methods.FusionMethod.fuse>` does; ``attention`` is set on each frame.
 
         The feature pyramids of the input frames are kept while later outputs need them
         (within ``config.feature_cache_mb``), so each is computed once.

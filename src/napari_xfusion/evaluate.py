@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from .config import NormalizationConfig, TimeModel
-from .fusion import MappedFrames
 from .io import read_metadata, read_stack
 from .metrics import Evaluation, evaluate
 from .normalize import fit_normalization
+from .streaming import MappedFrames
 from .timeline import Timeline, keyframe_count
 
 

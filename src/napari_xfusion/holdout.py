@@ -3,7 +3,7 @@
 The only ground truth a real recording has is its HR keyframes. Keyframe ``j``, taken at LR
 time ``k_j``, can be predicted like any fused frame -- from the LR frames ``k_j - r, k_j,
 k_j + r`` and two other keyframes that bracket it -- and compared with the frame itself.
-:mod:`napari_xfusion.calibrate` trains on such predictions and
+:mod:`napari_xfusion.training.calibrate` trains on such predictions and
 :mod:`napari_xfusion.assess` scores every method with them.
 
 The bracketing keyframes are the nearest ones on either side of ``j`` that may be used: the

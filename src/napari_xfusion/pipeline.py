@@ -17,11 +17,13 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .attention import AttentionLog, attention_csv_path
+from .checks import check_scale, full_rate_selection
 from .config import NoiseConfig, NormalizationConfig, TimeModel
-from .fusion import FusedFrame, FusionMethod, MappedFrames, ProgressCallback, output_times
 from .io import BackgroundWriter, check_output_path, open_writer, read_stack
+from .methods import FusionMethod
 from .normalize import Normalization, fit_normalization, match_normalization
 from .simulate import bin_frames, noise_b0, noisy_frame
+from .streaming import FusedFrame, MappedFrames, ProgressCallback, output_times
 from .timeline import Timeline, full_rate_keyframes
 
 
@@ -44,17 +46,6 @@ class FusionInputs:
     timeline: Timeline
     lr_norm: Normalization
     hr_norm: Normalization
-
-
-def check_sizes(lr_shape: tuple[int, ...], hr_shape: tuple[int, ...], scale: int) -> None:
-    """Raise a clear error unless HR frames are exactly ``scale`` times the LR frames."""
-    (h, w), (H, W) = lr_shape[-2:], hr_shape[-2:]
-    if (H, W) != (scale * h, scale * w):
-        raise ValueError(
-            f"HR frames are {H}x{W} and LR frames {h}x{w}: the HR size must be exactly "
-            f"{scale} times the LR size ({scale * h}x{scale * w}). Check that the stacks are "
-            "LR and HR in the right order, crop them to matching fields of view, or set the scale."
-        )
 
 
 def prepare_inputs(
@@ -91,13 +82,8 @@ def prepare_inputs(
     lr_raw = read_stack(lr, name="LR stack")
     hr_raw = read_stack(hr, name="HR stack")
     if hr_full_rate:
-        if len(hr_raw) != len(lr_raw):
-            raise ValueError(
-                f"a full-rate HR stack must have one frame per LR frame ({len(lr_raw)}), "
-                f"but it has {len(hr_raw)}: untick 'full rate' if it holds keyframes only."
-            )
-        hr_raw = hr_raw[full_rate_keyframes(len(lr_raw), time_model)]
-    check_sizes(lr_raw.shape, hr_raw.shape, time_model.scale)
+        hr_raw = hr_raw[full_rate_selection(len(lr_raw), len(hr_raw), time_model)]
+    check_scale(lr_raw.shape, hr_raw.shape, time_model.scale)
     timeline = Timeline(len(lr_raw), len(hr_raw), time_model)
     hr_norm = fit_normalization(hr_raw, normalization)
     lr_norm = None
@@ -322,7 +308,9 @@ def simulate_to_files(
     with contextlib.ExitStack() as stack:
         lr_w, key_w, truth_w = (
             stack.enter_context(
-                open_writer(path, shape, np.float32, n_frames=frames, overwrite=overwrite, metadata=info)
+                open_writer(
+                    path, shape, np.float32, n_frames=frames, overwrite=overwrite, metadata=info
+                )
             )
             for path, shape, frames in (
                 (paths["LR stack"], (height // s, width // s), n),

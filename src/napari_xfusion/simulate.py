@@ -24,7 +24,7 @@ import numpy as np
 
 from .config import NoiseConfig, TimeModel
 from .metrics import lr_psnr as _mean_psnr
-from .timeline import Timeline, full_rate_keyframes, keyframe_count
+from .timeline import Timeline, keyframe_count
 
 #: How far outside [0, 1] input values may stray before they are taken for unnormalized data.
 RANGE_TOLERANCE = 0.1
@@ -237,25 +237,6 @@ def noisy_lr(lr_clean, noise: NoiseConfig) -> np.ndarray:
         frame = np.asarray(lr_clean[i], dtype=np.float32)
         out[i] = frame if b0 is None else noisy_frame(frame, i, b0, noise.seed)
     return out
-
-
-def keyframes(hr_full, model: TimeModel) -> np.ndarray:
-    """HR keyframes taken from a full-rate HR sequence: frame ``offset + j * spacing``.
-
-    Parameters
-    ----------
-    hr_full : array_like, shape (N, H, W)
-        Full-rate HR sequence (numpy, dask or any frame-indexable stack).
-    model : TimeModel
-        Keyframe spacing ``D`` and offset; the offset must lie inside the sequence.
-
-    Returns
-    -------
-    ndarray, shape (M, H, W), float32
-        The ``M = keyframe_count(N, model)`` keyframes.
-    """
-    times = full_rate_keyframes(len(hr_full), model)
-    return np.stack([np.asarray(hr_full[int(t)], dtype=np.float32) for t in times])
 
 
 @dataclass

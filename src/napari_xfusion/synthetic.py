@@ -371,7 +371,7 @@ class LPBFScene:
         column = np.clip(xs.astype(int), 0, w - 1)
         ys = self.surface - 0.6 * radii - rng.beta(1.0, 1.7, count) * thickness[column]
         strengths = rng.uniform(0.1, 0.22, count) * np.sqrt(radii / radius_mean)
-        for y, x, r, a in zip(ys, xs, radii, strengths):
+        for y, x, r, a in zip(ys, xs, radii, strengths, strict=True):
             ball = _ball((h, w), y, x, r)
             if ball is not None:
                 powder[ball[0]] += a * ball[1]
@@ -470,7 +470,7 @@ class LPBFScene:
         radii = p["radius"][alive]
         ys = np.clip(p["y0"][alive] + p["vy"][alive] * age,
                      self.surface + radii + 1, self.surface + 0.92 * self.pool_depth)
-        for y, x, r in zip(ys, xs, radii):
+        for y, x, r in zip(ys, xs, radii, strict=True):
             ball = _ball(att.shape, y, x, r)
             if ball is not None:
                 att[ball[0]] *= 1 - PORE_VOID * ball[1]
@@ -487,7 +487,8 @@ class LPBFScene:
                 (age >= 0) & (ys <= s["y0"]) & (xs > -r) & (xs < self.width + r)
                 & (ys > -r) & (ys < self.height + r)
             )
-            for y, x, rad, a in zip(ys[visible], xs[visible], r[visible], s["strength"][visible]):
+            shown = zip(ys[visible], xs[visible], r[visible], s["strength"][visible], strict=True)
+            for y, x, rad, a in shown:
                 ball = _ball(att.shape, y, x, rad)
                 if ball is not None:
                     att[ball[0]] += a * ball[1]

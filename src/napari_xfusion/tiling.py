@@ -70,7 +70,9 @@ def _ramp(n: int, ramp_before: int, ramp_after: int) -> np.ndarray:
     return w
 
 
-def feather_weights(tile: Tile, height: int, width: int, overlap: int, scale: int = 1) -> np.ndarray:
+def feather_weights(
+    tile: Tile, height: int, width: int, overlap: int, scale: int = 1
+) -> np.ndarray:
     """Blend weights of one tile, ramping down over the overlap on sides that have neighbours.
 
     Sides on the frame border keep weight 1 so that the border is not down-weighted.

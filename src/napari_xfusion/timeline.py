@@ -47,7 +47,10 @@ class FrameInputs:
 
     @property
     def position(self) -> float:
-        """Where ``t`` lies between its keyframes: 0 at ``k0``, 1 at ``k1`` (:func:`keyframe_position`)."""
+        """Where ``t`` lies between its keyframes: 0 at ``k0``, 1 at ``k1``.
+
+        See :func:`keyframe_position`.
+        """
         return keyframe_position(self.t, *self.hr_times)
 
 

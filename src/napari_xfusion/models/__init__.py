@@ -10,6 +10,7 @@ from .deform import deform_conv2d, resolve_backend, torchvision_available
 from .weights import (
     WeightsError,
     bundled_weights_path,
+    check_weights_file,
     convert_pth,
     init_from,
     load_weights,
@@ -24,6 +25,7 @@ __all__ = [
     "WeightsError",
     "build_model",
     "bundled_weights_path",
+    "check_weights_file",
     "convert_pth",
     "count_parameters",
     "deform_conv2d",

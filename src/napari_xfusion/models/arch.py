@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_scale
 from ..config import ModelConfig
 from .deform import Backend, deform_conv2d, resolve_backend
 
@@ -327,7 +328,7 @@ class TimeEmbedding(nn.Module):
 def keyframe_detail(keyframes: Tensor, scale: int = 4) -> Tensor:
     """What binning loses and bicubic interpolation does not bring back: ``x - up(bin(x))``.
 
-    The torch twin of :func:`napari_xfusion.baselines.high_frequencies` (same kernels), for
+    The torch twin of :func:`napari_xfusion.methods.classical.high_frequencies` (same kernels), for
     frames whose sides are multiples of ``scale``.
 
     Shape: (N, 1, H, W) -> (N, 1, H, W).
@@ -343,7 +344,7 @@ class KeyframeDetailBase(nn.Module):
 
     ``bicubic(LR t) + g0 * D(HR k0) + g1 * D(HR k1)`` with ``D`` the keyframes' detail
     (:func:`keyframe_detail`) and per-pixel weights ``g = w + delta``: ``w`` the linear
-    time weights of the ``transfer`` method (:func:`~napari_xfusion.baselines.
+    time weights of the ``transfer`` method (:func:`~napari_xfusion.methods.classical.
     keyframe_weights`), ``delta`` predicted on the LR grid from the reconstruction features
     and upsampled. ``delta`` starts at zero, so an untrained base is detail transfer itself;
     the network learns where a keyframe's detail is wrong (it moved) or right. Computed in
@@ -651,11 +652,12 @@ class EDVRSTF(FusionNetwork):
                 "EDVR-STF needs the two bracketing HR keyframes: pass hr of shape "
                 f"{expected}, or use the EDVR model for LR-only super-resolution."
             )
-        if tuple(hr.shape) != expected:
+        if hr.dim() != 5 or tuple(hr.shape[:3]) != expected[:3]:
             raise ValueError(
                 f"hr must have shape (B, 2, 1, 4h, 4w) = {expected} for lr of shape "
                 f"{tuple(lr.shape)}, got {tuple(hr.shape)}."
             )
+        check_scale(lr.shape, hr.shape, self.config.scale)
 
     def forward(
         self, lr: Tensor, hr: Tensor | None = None, position: Tensor | None = None

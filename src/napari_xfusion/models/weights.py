@@ -135,7 +135,7 @@ def _check_container(path: Path) -> None:
             raise WeightsError(
                 f"trained weights are not bundled yet ({path.name} is missing from the "
                 "package); pass a weights file of your own, or train one with the "
-                "napari_xfusion.train module."
+                "napari_xfusion.training.train module."
             )
         raise WeightsError(f"no weights file at {path}: check the path.")
     if not path.is_file():
@@ -216,6 +216,55 @@ def _config_from_metadata(path: Path, metadata: Mapping[str, str]) -> ModelConfi
         raise WeightsError(f"{path} has an unusable model_config in its metadata: {exc}") from exc
 
 
+def _require_arch(path: Path, config: ModelConfig, arch: str) -> None:
+    if config.arch != arch:
+        raise WeightsError(
+            f"{path.name} holds {config.arch!r} weights, not {arch!r}: use the method "
+            f"{config.arch!r} with it, or another weights file."
+        )
+
+
+def check_weights_file(
+    path: str | os.PathLike | None, arch: str, scale: int | None = None
+) -> Path:
+    """The weights file a network method will load, checked before any work starts.
+
+    Parameters
+    ----------
+    path : str, PathLike or None
+        The file; None for the weights bundled for ``arch``.
+    arch : {"stf", "edvr"}
+        The network the method runs.
+    scale : int, optional
+        The scale of the time model, which the network must upsample by.
+
+    Returns
+    -------
+    Path
+        The file to load.
+
+    Raises
+    ------
+    WeightsError
+        When no weights are bundled for ``arch``, or the file is missing, damaged, holds
+        another architecture or upsamples by another factor; the message says what to do.
+    """
+    resolved = Path(path) if path is not None else bundled_weights_path(arch)
+    if path is None and not resolved.exists():
+        raise WeightsError(
+            f"no trained {arch!r} weights are bundled with this installation: give a weights "
+            "file, or choose a method that needs none (transfer, bayes or bicubic)."
+        )
+    config = _config_from_metadata(resolved, read_metadata(resolved))
+    _require_arch(resolved, config, arch)
+    if scale is not None and config.scale != scale:
+        raise WeightsError(
+            f"{resolved.name} upsamples {config.scale}x but the scale is set to {scale}: set "
+            f"the scale to {config.scale}."
+        )
+    return resolved
+
+
 def _describe(names: list[str], limit: int = 4) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -284,11 +333,8 @@ def load_weights(
     path = Path(path)
     metadata = read_metadata(path)
     config = _config_from_metadata(path, metadata)
-    if arch is not None and config.arch != arch:
-        raise WeightsError(
-            f"{path} holds {config.arch!r} weights but an {arch!r} network was asked for; "
-            "use the matching method or another weights file."
-        )
+    if arch is not None:
+        _require_arch(path, config, arch)
     try:
         state = load_file(str(path), device="cpu")
     except Exception as exc:

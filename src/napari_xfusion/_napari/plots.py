@@ -1,0 +1,246 @@
+"""Plot docks that follow the viewer's time: per-frame attention scores and PSNR.
+
+:class:`FramePlot` is the small base: a matplotlib figure in napari's colours, a cursor
+at the current frame, and click-to-seek. :class:`AttentionPlot` draws what a fusion run
+records (:class:`~napari_xfusion._napari.record.FusionRecord`): the paper's normalized backward
+and forward attention scores, optionally the raw scores of the five inputs, the keyframe
+times and, with a ground truth, the PSNR of each fused frame. The numbers come from the
+library; the docks only plot them.
+
+All layers share one world in which the time axis (axis 0) is the LR frame index, so the
+x axis of every plot is that index too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backend_bases import MouseEvent
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.utils.theme import get_theme
+from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
+from superqt.utils import qthrottled
+
+from ..attention import INPUT_NAMES
+from .record import RECORD_KEY, FusionRecord
+
+#: Shortest time between two redraws while frames arrive (ms): a fast run stays fluid.
+REDRAW_INTERVAL_MS = 100
+
+# The HR inputs share the colours of their normalized scores.
+_INPUT_COLOURS = ("tab:blue", "tab:cyan", "tab:olive", "tab:purple", "tab:orange")
+
+_NO_RECORD = (
+    "Fuse first: Plugins > X-ray Fusion > Fuse LR and HR stacks.\n"
+    "The attention scores of the fused layer appear here."
+)
+
+
+class FramePlot(QWidget):
+    """A matplotlib dock whose x axis is the frame index of the viewer's time axis.
+
+    Subclasses implement :meth:`draw`; :meth:`refresh` clears the figure, calls it, applies
+    the napari theme and adds the frame cursor to the axes :meth:`draw` returns.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer whose time the plot follows and sets.
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.figure = Figure(figsize=(5, 3), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(200)
+        self.setLayout(QVBoxLayout())
+        self.layout().addWidget(self.canvas)
+        self.cursors: list = []
+        self.canvas.mpl_connect("button_press_event", self._on_click)
+        self.viewer.dims.events.point.connect(self._move_cursors)
+        self.viewer.events.theme.connect(self.refresh)
+
+    @property
+    def theme(self):
+        """The viewer's napari theme (colours as ``pydantic`` colours)."""
+        return get_theme(self.viewer.theme)
+
+    def current_frame(self) -> float:
+        """The viewer's time, in LR frames."""
+        return float(self.viewer.dims.point[0])
+
+    def seek(self, t: float) -> None:
+        """Move the viewer to the frame nearest ``t`` (napari clamps it to the data)."""
+        self.viewer.dims.set_point(0, round(t))
+
+    def draw(self) -> list[Axes]:
+        """Draw onto :attr:`figure`; return the axes whose x axis is the frame index."""
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Redraw the whole figure."""
+        self.figure.clear()
+        frame_axes = self.draw()
+        self._apply_theme()
+        colour = self.theme.current.as_hex()
+        t = self.current_frame()
+        self.cursors = [ax.axvline(t, color=colour, linewidth=1.5, zorder=5) for ax in frame_axes]
+        self.canvas.draw_idle()
+
+    def show_message(self, text: str) -> None:
+        """Replace the figure with a centred message."""
+        self.figure.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+
+    def _apply_theme(self) -> None:
+        theme = self.theme
+        background, text = theme.background.as_hex(), theme.text.as_hex()
+        self.figure.set_facecolor(background)
+        for label in self.figure.texts:
+            label.set_color(text)
+        for ax in self.figure.axes:
+            ax.set_facecolor(background)
+            ax.tick_params(colors=text, which="both")
+            for spine in ax.spines.values():
+                spine.set_color(text)
+            for label in (ax.xaxis.label, ax.yaxis.label, ax.title):
+                label.set_color(text)
+            legend = ax.get_legend()
+            if legend is not None:
+                legend.get_frame().set_facecolor(background)
+                legend.get_frame().set_edgecolor(text)
+                for label in legend.get_texts():
+                    label.set_color(text)
+
+    def _move_cursors(self) -> None:
+        t = self.current_frame()
+        for cursor in self.cursors:
+            cursor.set_xdata([t, t])
+        self.canvas.draw_idle()
+
+    def _on_click(self, event: MouseEvent) -> None:
+        if event.button == 1 and event.inaxes in self.figure.axes and event.xdata is not None:
+            self.seek(event.xdata)
+
+
+class AttentionPlot(FramePlot):
+    """Attention scores and PSNR per fused frame of the selected (or latest) fused layer.
+
+    The record comes from the selected layer when it carries one, otherwise from the
+    topmost layer that does; the plot follows it as frames arrive, redrawing at most
+    every :data:`REDRAW_INTERVAL_MS` milliseconds.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer holding the fused layer.
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(napari_viewer)
+        self.raw_scores = QCheckBox("raw scores")
+        self.raw_scores.setToolTip("Also plot the raw attention scores of the five inputs.")
+        self.raw_scores.toggled.connect(self.refresh)
+        self.layout().addWidget(self.raw_scores)
+        self.record: FusionRecord | None = None
+        # Frames arrive faster than a figure redraws: one redraw per interval, after them.
+        self._schedule_redraw = qthrottled(
+            lambda *_: self.refresh(), timeout=REDRAW_INTERVAL_MS, leading=False, parent=self
+        )
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._follow_record)
+        layers.events.removed.connect(self._follow_record)
+        layers.selection.events.active.connect(self._follow_record)
+        self._show_record(self.find_record())
+
+    def find_record(self) -> FusionRecord | None:
+        """The record of the selected layer, else of the topmost layer that has one."""
+        active = self.viewer.layers.selection.active
+        if active is not None and RECORD_KEY in active.metadata:
+            return active.metadata[RECORD_KEY]
+        for layer in reversed(self.viewer.layers):
+            if RECORD_KEY in layer.metadata:
+                return layer.metadata[RECORD_KEY]
+        return None
+
+    def draw(self) -> list[Axes]:
+        record = self.record
+        if record is None:
+            self.show_message(_NO_RECORD)
+            return []
+        log = record.attention
+        if not len(log) and not record.psnr:
+            why = (
+                "no attention scores (not a neural method) and no ground truth"
+                if record.done
+                else "waiting for the first fused frame"
+            )
+            self.show_message(f"{record.method}: {why}.")
+            return []
+        show_raw = self.raw_scores.isChecked() and len(log) > 0
+        axes = list(self.figure.subplots(2 if show_raw else 1, 1, sharex=True, squeeze=False)[:, 0])
+        self._plot_scores(axes[0], record)
+        if show_raw:
+            self._plot_raw(axes[1], record)
+        timeline = record.timeline
+        keys = timeline.keyframe_times
+        keys = keys[(keys >= 0) & (keys < timeline.n_lr)]
+        for ax in axes:
+            ax.vlines(keys, 0, 1, transform=ax.get_xaxis_transform(), colors="gray",
+                      linestyles=":", linewidth=1)
+            ax.set_xlim(-0.5, timeline.n_lr - 0.5)
+        axes[0].set_title(f"{record.method}: {len(record.done)} of {timeline.n_lr} frames "
+                          "(dotted: HR keyframes)", fontsize="small")
+        axes[-1].set_xlabel("LR frame")
+        return axes
+
+    @staticmethod
+    def _plot_scores(ax: Axes, record: FusionRecord) -> None:
+        """Normalized backward/forward scores and, on a right-hand axis, the PSNR."""
+        log = record.attention
+        if len(log):
+            order = np.argsort(log.times, kind="stable")
+            times = np.asarray(log.times)[order]
+            backward, forward = log.normalized()
+            ax.plot(times, backward[order], ".-", markersize=3, color="tab:purple",
+                    label="backward (HR k0)")
+            ax.plot(times, forward[order], ".-", markersize=3, color="tab:orange",
+                    label="forward (HR k1)")
+            ax.set_ylabel("normalized attention")
+        top = ax
+        if record.psnr:
+            top = ax.twinx()
+            top.plot(*record.psnr_series(), ".-", markersize=3, color="tab:green", label="PSNR")
+            top.set_ylabel("PSNR (dB)")
+        handles, labels = ax.get_legend_handles_labels()
+        if top is not ax:
+            more_handles, more_labels = top.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        # On the topmost axes, so the PSNR line does not hide it.
+        top.legend(handles, labels, fontsize="small", loc="upper right", framealpha=0.7)
+
+    @staticmethod
+    def _plot_raw(ax: Axes, record: FusionRecord) -> None:
+        """Raw scores of each input (three for EDVR, five for EDVR-STF)."""
+        log = record.attention
+        order = np.argsort(log.times, kind="stable")
+        raw = np.stack(log.raw)[order]
+        for i in range(raw.shape[1]):
+            ax.plot(np.asarray(log.times)[order], raw[:, i], linewidth=1,
+                    color=_INPUT_COLOURS[i], label=INPUT_NAMES[i])
+        ax.set_ylabel("raw score")
+        ax.legend(fontsize="small", ncols=raw.shape[1], loc="upper center", framealpha=0.7)
+
+    def _follow_record(self) -> None:
+        record = self.find_record()
+        if record is not self.record:
+            self._show_record(record)
+
+    def _show_record(self, record: FusionRecord | None) -> None:
+        if self.record is not None:
+            self.record.updated.disconnect(self._schedule_redraw)
+        self.record = record
+        if record is not None:
+            record.updated.connect(self._schedule_redraw)
+        self.refresh()

@@ -1,0 +1,484 @@
+"""The fusion dock: pick the two layers, set the time model, fuse in the background.
+
+The widget only collects settings, checks them with the library (so an impossible setting
+is flagged with the library's own reason before anything runs) and shows results. The work
+is in :mod:`.jobs`: :func:`~.jobs.fusion_steps`, a generator run in a napari thread worker
+that yields one fused frame at a time (the dock stores each frame in the result layer, which
+fills in while the run goes on), and the calibration and assessment steps.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+
+from ..checks import check_scale, full_rate_selection
+from ..config import MODEL_ARCHS, CalibrationConfig, EngineConfig, TimeModel
+from ..devices import available_devices
+from ..io import check_output_path, read_stack
+from ..methods import method_labels
+from ..models.weights import check_weights_file
+from ..timeline import Timeline
+from .jobs import FusionPlan, Prepared, assessment_steps, calibration_steps, fusion_steps
+from .record import RECORD_KEY, FusionRecord, ResultStack
+
+#: Methods in the order the menu offers them; others registered later follow.
+METHOD_ORDER = ("stf", "edvr", "bayes", "transfer", "bicubic")
+#: Largest result held in memory without an output file (bytes).
+IN_MEMORY_LIMIT = 4 * 2**30
+#: Memory kept for recent frames while a run streams to a file (bytes).
+STREAMING_CACHE = 2**30
+#: Minimum seconds between two redraws of the progress line.
+PROGRESS_INTERVAL = 0.2
+
+
+class _Lines(QObject):
+    """Carries report lines from a worker thread to the GUI thread."""
+
+    line = Signal(str)
+
+
+class FusionWidget(Container):
+    """Dock widget that fuses an LR layer and an HR layer of the viewer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.result_layer = None
+        self._plan: FusionPlan | None = None
+        self._failed = False
+        self._stop = threading.Event()
+        self._started = 0.0
+        self._last_progress = 0.0
+
+        layers = self._image_layers
+        self.lr = ComboBox(label="LR stream", choices=layers, nullable=True)
+        self.hr = ComboBox(label="HR keyframes", choices=layers, nullable=True)
+        self.full_rate = CheckBox(text="HR stack is full-rate: keep every D-th frame")
+        self.spacing = SpinBox(label="keyframe spacing D", value=10, min=1, max=10**7)
+        self.offset = SpinBox(label="keyframe offset", value=0, min=-(10**7), max=10**7)
+        self.separation = SpinBox(label="LR separation r", value=1, min=1, max=100)
+        self.scale = SpinBox(label="scale", value=4, min=1, max=16)
+        labels = method_labels()
+        names = [n for n in METHOD_ORDER if n in labels] + sorted(set(labels) - set(METHOD_ORDER))
+        self.method = ComboBox(label="method", choices=[(labels[n], n) for n in names])
+        self.weights = FileEdit(label="weights (empty: bundled)", mode="r", filter="*.safetensors")
+        devices = available_devices()
+        self.device = ComboBox(label="device", choices=["auto", *devices])
+        self.badge = Label(label="runs on")
+        self.tile = SpinBox(label="tile, LR px (0: auto)", value=0, min=0, max=8192)
+        self.overlap = SpinBox(label="tile overlap, LR px", value=16, min=0, max=512)
+        self.truth = ComboBox(label="ground truth (optional)", choices=layers, nullable=True)
+        self.output = FileEdit(
+            label="output file (optional)", mode="w", filter="*.tif *.tiff *.zarr"
+        )
+        self.overwrite = CheckBox(text="replace an existing output file")
+        self.message = Label(label="")
+        # Room for three lines: a form layout does not grow a wrapped label by itself.
+        self.message.native.setWordWrap(True)
+        self.message.native.setMinimumHeight(3 * self.message.native.fontMetrics().height() + 4)
+        self.run_button = PushButton(text="Fuse")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.speed = Label(label="")
+        self.calibrate_button = PushButton(text="Calibrate on keyframes")
+        self.calibrate_minutes = SpinBox(label="calibration minutes", value=5, min=1, max=600)
+        self.assess_button = PushButton(text="Assess methods on keyframes")
+        self.assessment = Label(label="")
+        self.assessment.native.setStyleSheet("font-family: monospace")
+        self.extend([
+            self.lr, self.hr, self.full_rate, self.spacing, self.offset, self.separation,
+            self.scale, self.method, self.weights, self.device, self.badge, self.tile,
+            self.overlap, self.truth, self.output, self.overwrite, self.message,
+            self.run_button, self.cancel_button, self.progress, self.speed,
+            self.assess_button, self.assessment, self.calibrate_minutes, self.calibrate_button,
+        ])
+        self._guess_layers()
+
+        settings = [
+            self.lr, self.hr, self.full_rate, self.spacing, self.offset, self.separation,
+            self.scale, self.method, self.weights, self.device, self.tile, self.overlap,
+            self.truth, self.output, self.overwrite,
+        ]
+        self.hr.changed.connect(self._read_time_model)
+        for widget in settings:
+            widget.changed.connect(self._on_change)
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.calibrate_button.changed.connect(self.start_calibration)
+        self.assess_button.changed.connect(self.start_assessment)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._on_layers_changed)
+        self._read_time_model()
+        self._on_change()
+
+    # --- settings -------------------------------------------------------------------
+
+    def _image_layers(self, widget=None) -> list[tuple[str, object]]:
+        return [
+            (layer.name, layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and RECORD_KEY not in layer.metadata
+        ]
+
+    def _guess_layers(self) -> None:
+        """Pick the layers whose names say what they are (the sample data's, for one)."""
+        for layer in self.viewer.layers:
+            name = layer.name.lower()
+            if self.lr.value is None and "lr" in name.split():
+                self.lr.value = layer
+            elif self.hr.value is None and ("keyframe" in name or "hr" in name.split()):
+                if "truth" not in name:
+                    self.hr.value = layer
+            if self.truth.value is None and "truth" in name:
+                self.truth.value = layer
+
+    def _on_layers_changed(self, event=None) -> None:
+        self.reset_choices()
+        self._guess_layers()
+        self._on_change()
+
+    def _read_time_model(self, *_) -> None:
+        """Take spacing, offset and scale from an HR layer that records its time model."""
+        layer = self.hr.value
+        model = None if layer is None else layer.metadata.get("time_model")
+        if isinstance(model, TimeModel):
+            self.spacing.value, self.offset.value = model.spacing, model.offset
+            self.scale.value, self.separation.value = model.scale, model.separation
+
+    @staticmethod
+    def _path(edit: FileEdit) -> Path | None:
+        # The raw text: an empty FileEdit's value is the current folder, not "nothing".
+        text = edit.line_edit.value.strip()
+        return Path(text).expanduser() if text else None
+
+    def plan(self) -> FusionPlan:
+        """The run the current settings describe.
+
+        Raises
+        ------
+        ValueError
+            Naming what is wrong and how to fix it.
+        """
+        lr, hr, truth = self.lr.value, self.hr.value, self.truth.value
+        if lr is None or hr is None:
+            raise ValueError("choose the LR stream and the HR keyframe layers (open two stacks).")
+        if lr is hr:
+            raise ValueError("the LR and HR layers are the same layer: choose two different ones.")
+        for role, layer in (("LR", lr), ("HR", hr), ("ground truth", truth)):
+            if layer is not None and (layer.rgb or layer.ndim != 3):
+                raise ValueError(
+                    f"the {role} layer {layer.name!r} is not a (t, y, x) grayscale stack "
+                    f"(shape {layer.data.shape}): open a stack of frames."
+                )
+        time_model = TimeModel(
+            spacing=self.spacing.value, offset=self.offset.value,
+            separation=self.separation.value, scale=self.scale.value,
+        )
+        n_lr = lr.data.shape[0]
+        check_scale(lr.data.shape, hr.data.shape, time_model.scale)
+        n_hr = hr.data.shape[0]
+        if self.full_rate.value:
+            n_hr = len(full_rate_selection(n_lr, n_hr, time_model))
+        Timeline(n_lr, n_hr, time_model)
+        frame_shape = tuple(int(n) for n in hr.data.shape[1:])
+        if truth is not None and tuple(truth.data.shape) != (n_lr, *frame_shape):
+            raise ValueError(
+                f"the ground truth {truth.name!r} has shape {truth.data.shape}, not one HR frame "
+                f"per LR frame {(n_lr, *frame_shape)}: choose another layer or none."
+            )
+        method = self.method.value
+        weights = self._path(self.weights)
+        if method in MODEL_ARCHS:
+            check_weights_file(weights, method, time_model.scale)
+        output = self._path(self.output)
+        if output is not None:
+            output = check_output_path(output, overwrite=self.overwrite.value)
+        else:
+            size = n_lr * frame_shape[0] * frame_shape[1] * np.dtype(hr.data.dtype).itemsize
+            if size > IN_MEMORY_LIMIT:
+                raise ValueError(
+                    f"the result ({size / 2**30:.1f} GiB) is too large to keep in memory: "
+                    "choose an output file to stream it to disk."
+                )
+        tile = self.tile.value or None
+        engine = EngineConfig(device=self.device.value, tile=tile, overlap=self.overlap.value)
+        return FusionPlan(
+            lr=lr.data, hr=hr.data, truth=None if truth is None else truth.data,
+            time_model=time_model, hr_full_rate=self.full_rate.value, method=method,
+            weights=weights, engine=engine, output=output, overwrite=self.overwrite.value,
+            n_frames=n_lr, frame_shape=frame_shape,
+        )
+
+    def _on_change(self, *_) -> None:
+        self._show_device()
+        if self.worker is not None:
+            return
+        try:
+            plan = self.plan()
+        except ValueError as err:
+            self._say(str(err), error=True)
+            self.run_button.enabled = self.calibrate_button.enabled = False
+            self.assess_button.enabled = False
+            return
+        self._place_layers(plan.time_model)
+        self._say(f"ready: {plan.n_frames} frames of {plan.frame_shape[1]}x{plan.frame_shape[0]}")
+        self.run_button.enabled = self.assess_button.enabled = True
+        self.calibrate_button.enabled = plan.method == "stf"
+
+    def _show_device(self) -> None:
+        choice = self.device.value
+        devices = available_devices()
+        name = (devices[1] if len(devices) > 1 else "cpu") if choice == "auto" else choice
+        if self.method.value not in MODEL_ARCHS:
+            text, colour = "CPU (classical method)", "#8a8a8a"
+        elif name.startswith("cuda"):
+            import torch
+
+            text, colour = f"GPU: {torch.cuda.get_device_name(torch.device(name))}", "#2e9e44"
+        else:
+            text, colour = "CPU (slow for neural methods)", "#d08a1e"
+        self.badge.value = text
+        self.badge.native.setStyleSheet(f"color: {colour}; font-weight: bold")
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message.value = text
+        self.message.native.setStyleSheet("color: #e05050" if error else "")
+
+    def _place_layers(self, model: TimeModel) -> None:
+        """Put both stacks on the LR time axis and the HR pixel grid, so scrubbing matches."""
+        lr, hr = self.lr.value, self.hr.value
+        hr_scale, hr_shift = np.asarray(hr.scale[1:]), np.asarray(hr.translate[1:])
+        if self.full_rate.value:
+            hr.scale, hr.translate = (1, *hr_scale), (0, *hr_shift)
+        else:
+            hr.scale, hr.translate = (model.spacing, *hr_scale), (model.offset, *hr_shift)
+        s = model.scale
+        # An LR pixel covers s HR pixels, so its centre sits (s - 1) / 2 HR pixels in.
+        lr.scale = (1, *(s * hr_scale))
+        lr.translate = (0, *(hr_shift + (s - 1) / 2 * hr_scale))
+
+    # --- fusion ---------------------------------------------------------------------
+
+    def _begin(self) -> FusionPlan | None:
+        """The checked plan of a new background run, or None when none can start now."""
+        if self.worker is not None:
+            return None
+        try:
+            plan = self.plan()
+        except ValueError as err:
+            show_error(str(err))
+            return None
+        self._stop = threading.Event()
+        self._plan, self._failed = plan, False
+        return plan
+
+    def _run_in_background(self, work, *args, **handlers) -> None:
+        # Handlers are given at creation: a worker without an `errored` handler re-raises.
+        connect = {"errored": self._on_error, **handlers}
+        self.worker = thread_worker(work, start_thread=False, connect=connect)(*args)
+        self._set_running(True)
+        self.worker.start()
+
+    def start(self) -> None:
+        """Start fusing with the current settings (a no-op while a run is going)."""
+        plan = self._begin()
+        if plan is None:
+            return
+        self._say("preparing: normalizing the stacks and loading the method...")
+        self.progress.max, self.progress.value = plan.n_frames, 0
+        self._started = time.perf_counter()
+        self._run_in_background(
+            fusion_steps, plan, self._stop, yielded=self._on_yielded, finished=self._on_finished
+        )
+
+    def cancel(self) -> None:
+        """Stop the run after the frame being fused."""
+        self._stop.set()
+        self._say("cancelling after the current frame...")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = self.assess_button.enabled = not running
+        self.calibrate_button.enabled = not running
+        self.cancel_button.enabled = running
+
+    def _on_yielded(self, item) -> None:
+        if isinstance(item, Prepared):
+            self._add_result_layer(item.timeline)
+            self._say(f"fusing on {item.device}...")
+            return
+        frame = item.frame
+        self.result_layer.data[frame.t] = item.image
+        self.result_layer.metadata[RECORD_KEY].add(frame, item.psnr)
+        if round(self.viewer.dims.point[0]) == frame.t or len(self._record.done) == 1:
+            self.result_layer.refresh()
+        self._show_progress(len(self._record.done))
+
+    @property
+    def _record(self) -> FusionRecord:
+        return self.result_layer.metadata[RECORD_KEY]
+
+    def _add_result_layer(self, timeline: Timeline) -> None:
+        plan, hr = self._plan, self.hr.value
+        label = method_labels()[plan.method]
+        name = f"Fused ({label})"
+        per_frame = plan.frame_shape[0] * plan.frame_shape[1] * np.dtype(hr.data.dtype).itemsize
+        capacity = None if plan.output is None else max(STREAMING_CACHE // per_frame, 1)
+        data = ResultStack((plan.n_frames, *plan.frame_shape), hr.data.dtype, capacity)
+        index = None
+        if name in self.viewer.layers:
+            old = self.viewer.layers[name]
+            index = self.viewer.layers.index(old)
+            self.viewer.layers.remove(old)
+        self.result_layer = self.viewer.add_image(
+            data,
+            name=name,
+            contrast_limits=hr.contrast_limits,
+            colormap=hr.colormap.name,
+            scale=(1, *hr.scale[1:]),
+            translate=(0, *hr.translate[1:]),
+            axis_labels=("t", "y", "x"),
+            multiscale=False,
+            metadata={RECORD_KEY: FusionRecord(timeline, label)},
+        )
+        if index is not None:
+            self.viewer.layers.move(self.viewer.layers.index(self.result_layer), index)
+
+    def _show_progress(self, done: int) -> None:
+        now = time.perf_counter()
+        if done < self.progress.max and now - self._last_progress < PROGRESS_INTERVAL:
+            return
+        self._last_progress = now
+        self.progress.value = done
+        rate = done / max(now - self._started, 1e-9)
+        left = (self.progress.max - done) / rate if rate > 0 else float("nan")
+        self.speed.value = (
+            f"{done}/{self.progress.max} frames, {rate:.2f} frames/s, {left:.0f} s left"
+        )
+
+    def _on_error(self, err: Exception) -> None:
+        self._failed = True
+        if isinstance(err, InterruptedError):  # a cancelled assessment
+            self._say(str(err))
+            return
+        show_error(f"failed: {err}")
+        self._say(f"failed: {err}", error=True)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        layer, plan = self.result_layer, self._plan
+        done = 0 if layer is None else len(layer.metadata[RECORD_KEY].done)
+        if layer is not None and done:
+            self._show_progress(done)
+        seconds = time.perf_counter() - self._started
+        if self._failed:  # the error is already shown
+            return
+        if done < plan.n_frames:
+            kept = ""
+            if plan.output is not None:
+                kept = (
+                    "; the frames written so far are kept in "
+                    f"{plan.output.stem}.incomplete{plan.output.suffix}"
+                )
+            self._say(f"cancelled after {done} of {plan.n_frames} frames{kept}.")
+            return
+        where = ""
+        if plan.output is not None:
+            # Frames older than the memory cache were dropped: show the file instead.
+            layer.data = read_stack(plan.output, name="fused stack")
+            where = f", written to {plan.output}"
+        self._say(f"fused {done} frames in {seconds:.1f} s ({done / seconds:.2f} frames/s){where}.")
+        show_info(f"fusion finished: {done} frames{where}")
+
+    # --- calibration ----------------------------------------------------------------
+
+    def start_calibration(self) -> None:
+        """Fine-tune the network on this experiment's keyframes in the background."""
+        plan = self._begin()
+        if plan is None:
+            return
+
+        out = Path(tempfile.mkdtemp(prefix="xfusion-calibrated-")) / "calibrated.safetensors"
+        config = CalibrationConfig(
+            device=plan.engine.device, max_minutes=float(self.calibrate_minutes.value),
+            out=str(out),
+        )
+        self._lines = _Lines()  # kept alive while the worker reports
+        self._lines.line.connect(self._say)
+        self.progress.max, self.progress.value = 0, 0  # busy indicator
+        self._say("calibrating: preparing the keyframes...")
+        self._run_in_background(
+            calibration_steps, plan, config, self._stop, self._lines.line.emit,
+            returned=self._on_calibrated, finished=self._on_background_finished,
+        )
+
+    def _on_calibrated(self, result) -> None:
+        from .calibration import CalibrationView
+
+        view = CalibrationView(result)
+        self.viewer.window.add_dock_widget(view, name="Calibration", area="right")
+        if result.helped:
+            self.weights.value = str(result.weights_path)
+            show_info(f"calibration {result.summary()}: the calibrated weights are selected.")
+        else:
+            show_info(
+                f"calibration {result.summary()}: keeping the current weights (the calibrated "
+                f"ones are in {result.weights_path})."
+            )
+
+    def _on_background_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        self.calibrate_button.enabled = self.method.value == "stf"
+        self.progress.max, self.progress.value = 1, 1
+
+    # --- assessment -----------------------------------------------------------------
+
+    def start_assessment(self) -> None:
+        """Score every method on this recording's keyframes in the background."""
+        plan = self._begin()
+        if plan is None:
+            return
+
+        self._lines = _Lines()  # kept alive while the worker reports
+        self._lines.line.connect(self._say)
+        self.progress.max, self.progress.value = 0, 0  # busy indicator
+        self._say("assessing: normalizing the stacks...")
+        self._run_in_background(
+            assessment_steps, plan, self._stop, self._lines.line.emit,
+            returned=self._on_assessed, finished=self._on_background_finished,
+        )
+
+    def _on_assessed(self, assessment) -> None:
+        best = assessment.best
+        self.assessment.value = (
+            f"keyframes {assessment.keyframes}, each predicted from its neighbours:\n"
+            + assessment.table()
+        )
+        self.method.value = best.name
+        self._say(f"{best.label} predicts this recording's keyframes best: selected.")

@@ -1,0 +1,36 @@
+"""Image stacks in and out: lazy, frame-by-frame reading and streamed writing.
+
+- :mod:`.read` -- :func:`read_stack` (TIFF stacks, folders of TIFF frames, zarr, arrays);
+- :mod:`.write` -- :func:`open_writer` and :func:`write_stack` (BigTIFF or zarr, through an
+  ``.incomplete`` file that is renamed into place only when complete).
+
+A new file format is a reader in :mod:`.read` (``_open_path`` dispatches on the path) and,
+for output, a :class:`StackWriter` subclass in :mod:`.write`.
+"""
+
+from .read import TIFF_SUFFIXES, StackError, check_finite, is_dask_array, read_metadata, read_stack
+from .write import (
+    BackgroundWriter,
+    StackWriter,
+    check_output_path,
+    incomplete_path,
+    move_into_place,
+    open_writer,
+    write_stack,
+)
+
+__all__ = [
+    "TIFF_SUFFIXES",
+    "BackgroundWriter",
+    "StackError",
+    "StackWriter",
+    "check_finite",
+    "check_output_path",
+    "incomplete_path",
+    "is_dask_array",
+    "move_into_place",
+    "open_writer",
+    "read_metadata",
+    "read_stack",
+    "write_stack",
+]

@@ -1,0 +1,82 @@
+"""The learned fusion methods, EDVR-STF (``stf``) and EDVR (``edvr``), as registered methods.
+
+They load a network from a weights file (the bundled one by default) and run it with the
+tiled :class:`~napari_xfusion.engine.Engine`. A network with random weights is never used
+behind the user's back: without a weights file, the bundled file must exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from ..config import EngineConfig
+from ..engine import Engine
+from ..models.weights import check_weights_file, load_weights
+from .base import FusionMethod, register
+
+
+class NeuralMethod(FusionMethod):
+    """A fusion network run by the engine.
+
+    Parameters
+    ----------
+    weights : str or Path, optional
+        A napari-xfusion safetensors weights file; default: the weights bundled with the
+        package for this architecture.
+    engine : EngineConfig
+        Device, tiling, batch and precision.
+    model : torch.nn.Module, optional
+        An already built network (for calibration and tests); overrides ``weights``.
+    """
+
+    arch: ClassVar[str]
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        engine: EngineConfig = EngineConfig(),
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        if model is None:
+            model = load_weights(check_weights_file(weights, self.arch))
+        elif model.config.arch != self.arch:
+            raise ValueError(
+                f"the {self.label} method runs an {self.arch!r} network, not this "
+                f"{model.config.arch!r} one."
+            )
+        self.engine = Engine(model, engine)
+
+    def prepare(self, lr, hr, timeline) -> None:
+        if timeline.model.scale != self.engine.scale:
+            raise ValueError(
+                f"the network upsamples {self.engine.scale}x but the scale is set to "
+                f"{timeline.model.scale}: set the scale to {self.engine.scale}."
+            )
+
+    def fuse_frame(self, lr, hr, inputs):
+        return self.engine.fuse_frame(lr, hr, inputs)[0]
+
+    def fuse(self, lr, hr, timeline, frames=None, progress=None):
+        self.prepare(lr, hr, timeline)
+        return self.engine.run(lr, hr, timeline, frames=frames, progress=progress)
+
+
+@register
+class EDVRSTFMethod(NeuralMethod):
+    """EDVR-STF: three LR frames and the two bracketing HR keyframes (Tang et al. 2024)."""
+
+    name = "stf"
+    label = "EDVR-STF"
+    arch = "stf"
+
+
+@register
+class EDVRMethod(NeuralMethod):
+    """EDVR video super-resolution from three LR frames alone (Wang et al. 2019)."""
+
+    name = "edvr"
+    label = "EDVR"
+    arch = "edvr"

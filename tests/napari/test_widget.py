@@ -1,0 +1,228 @@
+"""The fusion dock end to end in a real viewer (Xvfb): settings, runs, cancel, errors."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("napari")
+
+from napari_xfusion._napari import widget as _widget  # noqa: E402
+from napari_xfusion._napari.record import RECORD_KEY  # noqa: E402
+from napari_xfusion._napari.widget import FusionWidget  # noqa: E402
+from napari_xfusion.config import CalibrationConfig, ModelConfig  # noqa: E402
+from napari_xfusion.io import read_metadata  # noqa: E402
+from napari_xfusion.models import build_model, save_weights  # noqa: E402
+from napari_xfusion.models import read_metadata as read_weights_metadata  # noqa: E402
+
+WAIT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Tiny EDVR-STF and EDVR weights files (random, but real files of each architecture)."""
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for arch in ("stf", "edvr"):
+        config = dataclasses.replace(ModelConfig.preset("tiny"), arch=arch)
+        paths[arch] = save_weights(build_model(config), folder / f"{arch}.safetensors")
+    return paths
+
+
+def open_dock(make_napari_viewer, exp, weights, show=False):
+    """A viewer with ``exp`` loaded and the fusion dock set to its time model."""
+    viewer = make_napari_viewer(show=show)
+    viewer.add_image(exp.truth, name="HR ground truth")
+    viewer.add_image(exp.hr, name="HR keyframes")
+    viewer.add_image(exp.lr, name="LR stream")
+    widget = FusionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.spacing.value = exp.timeline.model.spacing
+    widget.weights.value = str(weights)
+    return viewer, widget
+
+
+@pytest.fixture
+def dock(make_napari_viewer, small_experiment, tiny_weights):
+    return open_dock(make_napari_viewer, small_experiment, tiny_weights["stf"])
+
+
+def run(qtbot, widget):
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def test_guesses_layers_and_places_them_on_one_time_axis(dock, small_experiment):
+    viewer, widget = dock
+    assert widget.lr.value.name == "LR stream"
+    assert widget.hr.value.name == "HR keyframes"
+    assert widget.truth.value.name == "HR ground truth"
+    assert widget.run_button.enabled, widget.message.value
+    widget.offset.value = 1
+    hr, lr = viewer.layers["HR keyframes"], viewer.layers["LR stream"]
+    assert tuple(hr.scale) == (5, 1, 1) and hr.translate[0] == 1
+    assert tuple(lr.scale) == (1, 4, 4) and tuple(lr.translate[1:]) == (1.5, 1.5)
+    # Keyframe j is drawn at world time offset + j * D.
+    assert hr.data_to_world((2, 0, 0))[0] == 11
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda w, v, tmp: setattr(w.hr, "value", v.layers["LR stream"]), "same layer"),
+        (lambda w, v, tmp: setattr(w.scale, "value", 2), "exactly 2 times"),
+        (lambda w, v, tmp: setattr(w.offset, "value", 30), "keyframe"),
+        (lambda w, v, tmp: setattr(w.separation, "value", 20), "separation"),
+        (lambda w, v, tmp: setattr(w.full_rate, "value", True), "full-rate"),
+        (lambda w, v, tmp: setattr(w.method, "value", "edvr"), "'stf' weights"),
+        (lambda w, v, tmp: setattr(w.output, "value", "/nonexistent/out.tif"), "does not exist"),
+        (lambda w, v, tmp: setattr(w.output, "value", str(tmp / "out.png")), "unsupported output"),
+    ],
+)
+def test_invalid_settings_are_flagged_before_running(dock, tmp_path, change, reason):
+    viewer, widget = dock
+    change(widget, viewer, tmp_path)
+    assert reason in widget.message.value
+    assert not widget.run_button.enabled
+
+
+def test_a_two_dimensional_layer_is_refused(dock):
+    viewer, widget = dock
+    image = viewer.add_image(np.zeros((16, 24), np.float32), name="single image")
+    widget.lr.value = image
+    assert "not a (t, y, x) grayscale stack" in widget.message.value
+    assert not widget.run_button.enabled
+
+
+def test_fuses_into_a_layer_and_a_file(dock, qtbot, tmp_path, small_experiment):
+    viewer, widget = dock
+    output = tmp_path / "fused.tif"
+    widget.output.value = str(output)
+    run(qtbot, widget)
+    layer = viewer.layers["Fused (EDVR-STF)"]
+    record = layer.metadata[RECORD_KEY]
+    n = len(small_experiment.lr)
+    assert record.done == set(range(n))
+    assert len(record.attention) == n and len(record.psnr) == n
+    assert all(np.isfinite(list(record.psnr.values())))
+    written = tifffile.imread(output)
+    assert written.shape == (n, *small_experiment.truth.shape[1:])
+    # When the run ends the layer shows the file, every frame filled in.
+    np.testing.assert_array_equal(np.asarray(layer.data), written)
+    assert all(written[t].std() > 0 for t in range(n))
+    assert (tmp_path / "fused.attention.csv").exists()
+    assert read_metadata(output)["napari_xfusion"]
+    assert "fused 16 frames" in widget.message.value
+    assert widget.progress.value == n
+
+
+def test_rerunning_replaces_the_result_layer(dock, qtbot):
+    viewer, widget = dock
+    widget.method.value = "bicubic"
+    run(qtbot, widget)
+    first = viewer.layers["Fused (Bicubic interpolation)"]
+    run(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("Fused (Bicubic interpolation)") == 1
+    assert viewer.layers["Fused (Bicubic interpolation)"] is not first
+    widget.method.value = "transfer"
+    run(qtbot, widget)
+    assert {"Fused (Bicubic interpolation)", "Fused (Detail transfer)"} <= {
+        layer.name for layer in viewer.layers
+    }
+
+
+def test_cancel_stops_after_the_current_frame_and_keeps_what_was_written(dock, qtbot, tmp_path):
+    viewer, widget = dock
+    output = tmp_path / "fused.tif"
+    widget.output.value = str(output)
+    widget.start()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    record = viewer.layers["Fused (EDVR-STF)"].metadata[RECORD_KEY]
+    assert record.done == {0}
+    assert not output.exists()
+    kept = tmp_path / "fused.incomplete.tif"
+    assert kept.exists() and "cancelled after 1 of 16 frames" in widget.message.value
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_errors_during_a_run_are_reported(dock, qtbot, monkeypatch, small_experiment):
+    viewer, widget = dock
+    bad = small_experiment.lr.copy()
+    bad[7, 2, 3] = np.nan
+    widget.lr.value = viewer.add_image(bad, name="LR with a NaN")
+    shown = []
+    monkeypatch.setattr(_widget, "show_error", shown.append)
+    run(qtbot, widget)
+    assert shown and "NaN" in shown[0]
+    assert "failed" in widget.message.value and "NaN" in widget.message.value
+    assert widget.run_button.enabled
+
+
+def test_fused_layer_renders(make_napari_viewer, small_experiment, tiny_weights, qtbot):
+    # Shown: a hidden window with a dock widget renders a blank canvas.
+    viewer, widget = open_dock(
+        make_napari_viewer, small_experiment, tiny_weights["stf"], show=True
+    )
+    widget.method.value = "bicubic"
+    run(qtbot, widget)
+    for layer in viewer.layers:
+        layer.visible = layer.name.startswith("Fused")
+    viewer.dims.set_point(0, 3)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot[..., :3].std() > 5  # the fused frame really drew
+
+
+def test_calibration_runs_in_the_background_and_reports(dock, qtbot, monkeypatch, tmp_path):
+    viewer, widget = dock
+
+    def quick(**settings):
+        return CalibrationConfig(iterations=3, batch_size=2, lr_crop=8, **settings)
+
+    monkeypatch.setattr(_widget, "CalibrationConfig", quick)
+    widget.start_calibration()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert "held-out keyframes" in widget.message.value or "calibration" in widget.message.value
+    views = [
+        w for w in viewer.window.dock_widgets.values()
+        if w.__class__.__name__ == "CalibrationView"
+    ]
+    assert len(views) == 1
+    result = views[0].result
+    assert result.iterations == 3 and np.isfinite(result.psnr_after)
+    assert len(views[0].figure.axes) == 2
+    # Three steps cannot show a gain: the weights in use stay selected.
+    assert result.verdict == "cannot tell"
+    assert widget._path(widget.weights) != result.weights_path
+
+
+def test_assessment_shows_the_table_and_selects_the_best(dock, qtbot):
+    viewer, widget = dock
+    widget.method.value = "bicubic"
+    widget.start_assessment()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    table = widget.assessment.value
+    # The tiny random network is chosen as the stf weights file: it cannot win.
+    for name in ("bicubic", "transfer", "bayes", "stf"):
+        assert f"\n{name} " in table
+    assert "<- recommended" in table
+    assert widget.method.value in ("transfer", "bayes")
+    assert "predicts this recording's keyframes best" in widget.message.value
+    assert widget.run_button.enabled
+
+
+def test_a_weights_file_without_arch_is_read_as_the_library_reads_it(dock, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    viewer, widget = dock
+    source = widget._path(widget.weights)
+    meta = read_weights_metadata(source)
+    config = {k: v for k, v in json.loads(meta["model_config"]).items() if k != "arch"}
+    no_arch = tmp_path / "no-arch.safetensors"
+    save_file(load_file(str(source)), str(no_arch),
+              metadata=meta | {"model_config": json.dumps(config)})
+    widget.weights.value = str(no_arch)
+    assert widget.run_button.enabled, widget.message.value

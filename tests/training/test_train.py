@@ -1,0 +1,294 @@
+"""Training: the paper's sampling recipe, loss reduction, exact resume, held-out validation."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from napari_xfusion.config import TrainConfig
+from napari_xfusion.models import build_model, load_weights, read_metadata
+from napari_xfusion.synthetic import synthetic_lpbf
+from napari_xfusion.training.data import (
+    BRACKET,
+    KEYFRAME,
+    OUTSIDE,
+    PairSampler,
+    load_sequence_file,
+    make_sequence,
+    quantize,
+    save_sequence_file,
+    synthetic_seed,
+    training_sequences,
+    validation_batches,
+)
+from napari_xfusion.training.train import CHECKPOINT, LOG_CSV, charbonnier, train
+
+SMALL = dict(
+    preset="tiny",
+    batch_size=2,
+    lr_crop=8,
+    synthetic_sequences=0,
+    validation_sequences=0,
+    real_validation=("held",),
+    validation_samples=2,
+    device="cpu",
+    loader_threads=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny network's small convolutions run faster on one thread than on several."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def real_dir(tmp_path_factory):
+    """Three short LPBF-like stacks in camera units: two to train on, one held out."""
+    folder = tmp_path_factory.mktemp("real")
+    for seed, name in enumerate(("a", "b", "held")):
+        frames = synthetic_lpbf(n_frames=40, height=64, width=96, seed=seed)
+        np.save(folder / f"{name}.npy", (frames * 4000 + 100).astype(np.uint16))
+    return folder
+
+
+def ramp_sequence(n=30, size=64, seed=0):
+    """A random texture whose frame i is brighter by 2 grey levels per frame (n <= 100)."""
+    texture = np.random.default_rng(seed).integers(0, 256 - 2 * n, (size, size))
+    frames = (texture[None] + 2 * np.arange(n)[:, None, None]).astype(np.uint8)
+    return make_sequence("ramp", frames, "real")
+
+
+def test_sample_batch_shapes_and_times():
+    config = TrainConfig(lr_crop=8, keyframe_fraction=0.2, outside_fraction=0.2)
+    frames = np.random.default_rng(0).integers(0, 256, (200, 48, 48), dtype=np.uint8)
+    sampler = PairSampler([make_sequence("noise", frames, "real")], config)
+    batch = sampler.sample_batch(np.random.default_rng(0), 200)
+    assert batch.lr.shape == (200, 3, 1, 8, 8)
+    assert batch.hr.shape == (200, 2, 1, 32, 32)
+    assert batch.target.shape == (200, 1, 32, 32)
+    rec = batch.record
+    assert set(rec.separation) == {1, 2, 3}
+    assert set(rec.kind) == {BRACKET, KEYFRAME, OUTSIDE}
+    r, t, k0, k1 = rec.separation, rec.t, rec.k0, rec.k1
+    assert np.all(k0 < k1)
+    for kind, ti, ri, a, b in zip(rec.kind, t, r, k0, k1, strict=True):
+        if kind == KEYFRAME:
+            assert ti in (a, b)
+        elif kind == OUTSIDE:
+            assert a > ti or b < ti
+        else:
+            assert a <= ti <= b
+        # Keyframe offsets are whole multiples 1..20 (1..40 for the far keyframe of a
+        # one-sided sample) of the separation, unless clamped to the sequence ends.
+        for k in (a, b):
+            if k not in (0, 199) and k != ti:
+                assert abs(ti - k) % ri == 0 and 1 <= abs(ti - k) // ri <= 40
+        if kind == BRACKET and a > 0 and b < 199:
+            assert 1 <= (ti - a) // ri <= 20 and 1 <= (b - ti) // ri <= 20
+
+
+def test_frames_and_augmentations_agree():
+    # Frame i of the ramp is texture + 2 i: the difference of two sample frames tells
+    # their times, and any transform that differed between frames would break equality.
+    seq = ramp_sequence()
+    config = TrainConfig(lr_crop=8, noise_free_fraction=1.0, motion_crop_fraction=0.0)
+    batch = PairSampler([seq], config).sample_batch(np.random.default_rng(1), 32)
+    rec = batch.record
+    assert rec.flip_y.any() and rec.flip_x.any() and rec.transpose.any()
+    assert np.isinf(rec.b0).all()
+    for i in range(32):
+        crop = seq.frames[rec.t[i], rec.y[i] : rec.y[i] + 32, rec.x[i] : rec.x[i] + 32]
+        if rec.flip_y[i]:
+            crop = crop[::-1]
+        if rec.flip_x[i]:
+            crop = crop[:, ::-1]
+        if rec.transpose[i]:
+            crop = crop.T
+        target = batch.target[i, 0]
+        np.testing.assert_allclose(target.numpy(), crop / 255.0, atol=1e-6)
+        for j, k in enumerate((rec.k0[i], rec.k1[i])):
+            np.testing.assert_allclose(
+                (batch.hr[i, j, 0] - target).numpy(), 2.0 * (k - rec.t[i]) / 255, atol=1e-5
+            )
+        lr_times = (max(rec.t[i] - rec.separation[i], 0), rec.t[i],
+                    min(rec.t[i] + rec.separation[i], len(seq) - 1))
+        binned = F.avg_pool2d(target[None], 4)[0]
+        for j, k in enumerate(lr_times):
+            np.testing.assert_allclose(
+                (batch.lr[i, j, 0] - binned).numpy(), 2.0 * (k - rec.t[i]) / 255, atol=1e-5
+            )
+
+
+def test_noise_follows_b0():
+    config = TrainConfig(lr_crop=8, noise_free_fraction=0.25)
+    batch = PairSampler([ramp_sequence()], config).sample_batch(np.random.default_rng(2), 64)
+    b0 = batch.record.b0
+    clean = F.avg_pool2d(batch.target, 4)[:, 0]
+    noisy = np.isfinite(b0)
+    assert 0 < (~noisy).sum() < 64
+    assert np.all((b0[noisy] >= 10.0) & (b0[noisy] <= 1e7))
+    error = (batch.lr[:, 1, 0] - clean).pow(2).mean(dim=(1, 2)).numpy()
+    assert np.all(error[~noisy] == 0)
+    # Poisson noise of Poisson(x b0) / b0 has variance x / b0.
+    low = noisy & (b0 < 1e3)
+    expected = clean.mean(dim=(1, 2)).numpy()[low] / b0[low]
+    np.testing.assert_allclose(error[low], expected, rtol=0.5)
+
+
+def test_motion_crops_find_the_moving_part():
+    frames = np.full((40, 128, 128), 100, np.uint8)
+    for i in range(40):
+        frames[i, 100:110, 10 + 2 * i : 18 + 2 * i] = 250  # a blob moving along the bottom
+    config = TrainConfig(lr_crop=8, motion_crop_fraction=1.0, keyframe_fraction=0,
+                         outside_fraction=0)
+    batch = PairSampler([make_sequence("blob", frames, "real")], config).sample_batch(
+        np.random.default_rng(3), 32
+    )
+    moving = (batch.target[:, None] != batch.hr).flatten(1).any(dim=1)
+    assert moving.float().mean() > 0.9
+
+
+def test_validation_is_held_out(real_dir, tmp_path):
+    config = TrainConfig(synthetic_sequences=3, validation_sequences=2, synthetic_frames=2,
+                         real_dir=str(real_dir), real_validation=("held",), seed=5)
+    train_seqs, val_seqs, description = training_sequences(config)
+    train_names = {s.name for s in train_seqs}
+    val_names = {s.name for s in val_seqs}
+    assert val_names == {"held", f"synthetic-{synthetic_seed(0, 5, True)}",
+                         f"synthetic-{synthetic_seed(1, 5, True)}"}
+    assert not train_names & val_names
+    assert {"a", "b"} <= train_names
+    assert all(int(n.split("-")[1]) % 2 == 0 for n in train_names if n.startswith("synthetic"))
+    assert description["validation"][0].startswith("synthetic-")
+
+    # A data file keeps its validation sequences apart as well.
+    path = save_sequence_file(tmp_path / "data.npz", train_seqs, val_seqs, {"note": "test"})
+    file_train, file_val, info = load_sequence_file(path)
+    assert {s.name for s in file_val} == val_names
+    assert {s.name for s in file_train} == train_names
+    assert info["note"] == "test"
+    held = next(s for s in file_val if s.name == "held")
+    assert held.frames.dtype == np.uint8 and held.frames.max() == 255
+
+
+def test_validation_batches_are_fixed_unseen_frames():
+    seq = ramp_sequence(n=50)
+    first = validation_batches([seq], 4, spacing=10, seed=0)
+    again = validation_batches([seq], 4, spacing=10, seed=0)
+    assert first[0].lr.shape == (4, 3, 1, 16, 16)
+    assert torch.equal(first[0].lr, again[0].lr)
+    # The target is never one of the keyframes (times 0, 10, 20, ...): the ramp tells times.
+    offsets = (first[0].hr[:, :, 0] - first[0].target).mean(dim=(2, 3)) * 255 / 2
+    assert torch.all(offsets.abs().round() > 0)
+
+
+@pytest.mark.slow
+def test_training_reduces_the_loss(real_dir, tmp_path):
+    config = TrainConfig(**{**SMALL, "batch_size": 4, "lr_crop": 16}, iterations=50,
+                         learning_rate=1e-3, noise_free_fraction=1.0, real_dir=str(real_dir),
+                         out_dir=str(tmp_path), log_every=10, validate_every=50,
+                         checkpoint_every=50)
+    train_seqs, _, _ = training_sequences(config)
+    fixed = PairSampler(train_seqs, config).sample_batch(np.random.default_rng(123), 16)
+
+    def loss_of(model):
+        with torch.no_grad():
+            return float(charbonnier(model(fixed.lr, fixed.hr)[0], fixed.target))
+
+    torch.manual_seed(config.seed)
+    before = loss_of(build_model(config.model_config()))
+    weights = train(config, progress=None)
+    after = loss_of(load_weights(weights))
+    assert after < 0.92 * before
+    meta = read_metadata(weights)
+    assert meta["iterations"] == "50" and meta["complete"] == "true"
+    assert "psnr" in json.loads(meta["validation_psnr"])
+    assert "held" in meta["training_data"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_gives_the_uninterrupted_result(real_dir, tmp_path):
+    base = dict(SMALL, iterations=8, real_dir=str(real_dir), log_every=1, validate_every=4)
+    straight = train(TrainConfig(**base, out_dir=str(tmp_path / "a"), checkpoint_every=8),
+                     progress=None)
+
+    out = tmp_path / "b"
+    # A budget too small for even one step: stops after the first, with a checkpoint.
+    partial = train(TrainConfig(**base, out_dir=str(out), max_minutes=1e-9), progress=None)
+    assert read_metadata(partial)["complete"] == "false"
+    assert read_metadata(partial)["iterations"] == "1"
+
+    def killed_at_6(line):
+        if line.startswith("iter 6/"):
+            raise Interrupt
+
+    # Killed at iteration 6, after its checkpoint of iteration 4.
+    with pytest.raises(Interrupt):
+        train(TrainConfig(**base, out_dir=str(out), checkpoint_every=4), progress=killed_at_6)
+    lines = []
+    resumed = train(TrainConfig(**base, out_dir=str(out), checkpoint_every=4),
+                    progress=lines.append)
+    assert lines[0].startswith("continuing from iteration 4 of 8")
+
+    a, b = load_file(straight), load_file(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with open(out / LOG_CSV) as f:
+        iterations = [int(row["iteration"]) for row in csv.DictReader(f)]
+    assert iterations == list(range(1, 9))
+
+    # A checkpoint only continues the run it belongs to.
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(TrainConfig(**base, out_dir=str(out), learning_rate=5e-4), progress=None)
+    assert (out / CHECKPOINT).exists()
+
+
+def test_sampler_refuses_frames_smaller_than_the_crop():
+    with pytest.raises(ValueError, match="lower lr_crop"):
+        PairSampler([ramp_sequence(size=64)], TrainConfig(lr_crop=32))
+
+
+def test_quantize_round_trips_grey_levels():
+    levels = np.arange(256) / 255.0
+    assert np.array_equal(quantize(levels), np.arange(256))
+
+
+@pytest.mark.slow
+def test_a_variant_starts_from_related_weights_and_logs_its_start(real_dir, tmp_path):
+    from napari_xfusion.config import ModelConfig
+    from napari_xfusion.models import save_weights
+
+    torch.manual_seed(1)
+    start = save_weights(build_model(ModelConfig.preset("tiny")), tmp_path / "start.safetensors")
+    variant = ModelConfig.from_dict(
+        {**ModelConfig.preset("tiny").to_dict(), "base": "transfer", "time_input": True}
+    )
+    lines = []
+    config = TrainConfig(**SMALL, model=variant, iterations=2, real_dir=str(real_dir),
+                         init_weights=str(start), out_dir=str(tmp_path / "run"),
+                         log_every=1, validate_every=2)
+    weights = train(config, progress=lines.append)
+    assert any("new: conv_last.weight" in line and "keyframe_base.gate.weight" in line
+               for line in lines)
+    trained = load_weights(weights)
+    assert trained.config == variant
+    # The config round-trips through the checkpoint's identity and the weights' metadata.
+    saved = TrainConfig.from_dict(json.loads(read_metadata(weights)["training_config"]))
+    assert saved.model == variant
+    with open(tmp_path / "run" / LOG_CSV) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
+    assert float(rows[0]["val_psnr"]) > 0 and rows[0]["loss"] == ""
+    with pytest.raises(ValueError, match="make them agree"):
+        TrainConfig(model=variant, arch="edvr")
