@@ -314,6 +314,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, device=args.device,
         out_dir=args.out_dir, data_file=args.data_file, real_dir=args.real_dir,
         max_minutes=args.max_minutes, init_weights=args.init_weights,
+        lr_crop=args.lr_crop, noise_free_fraction=args.noise_free_fraction,
     )
     path = train(config, resume=not args.restart)
     print(f"weights: {path}")
@@ -443,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=defaults.device)
     p.add_argument("--init-weights",
                    help="start from this weights file of a related network (what fits is copied)")
+    p.add_argument("--lr-crop", type=int, default=defaults.lr_crop,
+                   help=f"LR crop size in pixels (default {defaults.lr_crop})")
+    p.add_argument("--noise-free-fraction", type=float, default=defaults.noise_free_fraction,
+                   help="share of samples without LR noise "
+                   f"(default {defaults.noise_free_fraction})")
     p.add_argument("--data-file", help=".npz of sequences from scripts/build_training_data.py")
     p.add_argument("--real-dir", help="folder of .npy/.tif full-rate HR sequences to train on")
     p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long")
