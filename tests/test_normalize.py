@@ -121,3 +121,29 @@ def test_normalization_checks_its_fields():
         Normalization(low=2.0, high=1.0, dtype="uint16")
     with pytest.raises(ValueError, match="integer or float"):
         Normalization(low=0.0, high=1.0, dtype="complex64")
+
+
+def test_cameras_with_different_responses_get_a_curve_and_linear_ones_a_line():
+    from napari_xfusion.normalize import match_normalization
+    from napari_xfusion.synthetic import synthetic_lpbf
+
+    scene = synthetic_lpbf(n_frames=4, height=32, width=48, seed=2)
+    binned = scene.reshape(4, 8, 4, 12, 4).mean(axis=(2, 4))
+    lr = (binned * 3000 + 200).astype(np.float32)
+    pairs = [(i, i) for i in range(4)]
+    linear_hr = scene * 50_000 + 800
+    hr_norm = fit_normalization(linear_hr)
+    mapping = match_normalization(lr, linear_hr, hr_norm, pairs, 4)
+    assert mapping.curve is None
+    # An HR camera with a gamma: bin(HR) is no longer linear in LR; a curve fits it.
+    curved_hr = scene**0.6 * 50_000 + 800
+    hr_norm = fit_normalization(curved_hr)
+    mapping = match_normalization(lr, curved_hr, hr_norm, pairs, 4)
+    assert mapping.curve is not None
+    target = np.stack([hr_norm.apply(c).reshape(8, 4, 12, 4).mean(axis=(1, 3))
+                       for c in curved_hr])
+    error = np.abs(mapping.apply(lr) - target).mean()
+    assert error < 0.01
+    back = mapping.invert(mapping.apply(lr))
+    inside = (mapping.apply(lr) > 0.01) & (mapping.apply(lr) < 0.99)
+    np.testing.assert_allclose(back[inside], lr[inside], rtol=1e-3)

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,8 @@ from .methods import create_method, method_names
 
 #: The methods that run a network and take the network options.
 NEURAL_METHODS = ("stf", "edvr")
+#: Keyframe spacing when neither a flag nor a registration gives one.
+DEFAULT_SPACING = 10
 
 if TYPE_CHECKING:
     from .pipeline import FusionResult
@@ -65,16 +68,19 @@ class ProgressBar:
 
 def _add_time_model(parser: argparse.ArgumentParser, keyframes_default: bool = True) -> None:
     group = parser.add_argument_group("time model")
-    spacing, offset = (10, 0) if keyframes_default else (None, None)
-    group.add_argument(
-        "--spacing", "-D", type=int, default=spacing,
-        help="HR keyframe spacing D: LR frames per HR frame (the frame-rate ratio). "
-        + ("Default 10." if keyframes_default else "Default: read from the fused file."),
+    default = (
+        "Default: from --registration if given, else {}." if keyframes_default
+        else "Default: read from the fused file."
     )
     group.add_argument(
-        "--offset", type=int, default=offset,
+        "--spacing", "-D", type=int, default=None,
+        help="HR keyframe spacing D: LR frames per HR frame (the frame-rate ratio). "
+        + default.format(DEFAULT_SPACING),
+    )
+    group.add_argument(
+        "--offset", type=int, default=None,
         help="LR frame index at which the first HR frame was taken (trigger offset). "
-        + ("Default 0." if keyframes_default else "Default: read from the fused file."),
+        + default.format(0),
     )
     group.add_argument(
         "--separation", "-r", type=int, default=1,
@@ -84,8 +90,8 @@ def _add_time_model(parser: argparse.ArgumentParser, keyframes_default: bool = T
 
 
 def _add_stack_inputs(parser: argparse.ArgumentParser, output_help: str | None = None) -> None:
-    """The LR and HR stacks, the output (if any) and the time model, shared by the commands
-    that read a recording."""
+    """The LR and HR stacks, the output (if any), the time model and the cameras'
+    registration, shared by the commands that read a recording."""
     parser.add_argument("lr", help="LR stack: multi-page TIFF or folder of TIFF frames")
     parser.add_argument("hr", help="HR keyframes: multi-page TIFF or folder of TIFF frames")
     if output_help is not None:
@@ -94,6 +100,11 @@ def _add_stack_inputs(parser: argparse.ArgumentParser, output_help: str | None =
     parser.add_argument(
         "--hr-full-rate", action="store_true",
         help="the HR stack has a frame at every LR time; keep every D-th from the offset",
+    )
+    parser.add_argument(
+        "--registration", metavar="FILE",
+        help="the cameras' registration (from xfusion register): crop the LR stack to the "
+        "common field of view and resample the HR keyframes onto it",
     )
 
 
@@ -112,9 +123,37 @@ def _add_network_options(parser: argparse.ArgumentParser) -> None:
                      help="auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
 
 
-def _time_model(args: argparse.Namespace) -> TimeModel:
+def _time_model(args: argparse.Namespace, registration=None) -> TimeModel:
+    """The time model of the flags; those not given come from the registration, if any."""
+    spacing, offset = args.spacing, args.offset
+    if registration is not None:
+        known = registration.time_model
+        spacing = known.spacing if spacing is None else spacing
+        offset = known.offset if offset is None else offset
     return TimeModel(
-        spacing=args.spacing, offset=args.offset, separation=args.separation, scale=args.scale
+        spacing=DEFAULT_SPACING if spacing is None else spacing,
+        offset=0 if offset is None else offset,
+        separation=args.separation, scale=args.scale,
+    )
+
+
+def _registration(args: argparse.Namespace):
+    """The registration named by ``--registration``, or None."""
+    if getattr(args, "registration", None) is None:
+        return None
+    from .registration import Registration
+
+    return Registration.load(args.registration)
+
+
+def _open_recording(args: argparse.Namespace):
+    """The recording's normalized stacks (:func:`~napari_xfusion.pipeline.prepare_inputs`)."""
+    from .pipeline import prepare_inputs
+
+    registration = _registration(args)
+    return prepare_inputs(
+        args.lr, args.hr, _time_model(args, registration), hr_full_rate=args.hr_full_rate,
+        registration=registration,
     )
 
 
@@ -170,9 +209,8 @@ def _choose_method(args: argparse.Namespace, inputs) -> str:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .io import check_output_path
-    from .pipeline import fuse_to_file, prepare_inputs
+    from .pipeline import fuse_to_file
 
-    time_model = _time_model(args)
     if args.workers is not None or args.chunk_frames is not None:
         if args.scheduler is None:
             raise ValueError(
@@ -182,15 +220,14 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.scheduler is not None:
         if args.method == "auto":
             check_output_path(args.output, overwrite=args.overwrite)
-            inputs = prepare_inputs(args.lr, args.hr, time_model, hr_full_rate=args.hr_full_rate)
-            args.method = _choose_method(args, inputs)
-        result = _fuse_on_cluster(args, time_model)
+            args.method = _choose_method(args, _open_recording(args))
+        result = _fuse_on_cluster(args)
     else:
         # Options and the output path are checked before the slow work starts.
         if args.method != "auto":
             method = create_method(args.method, **_method_options(args, args.method))
         check_output_path(args.output, overwrite=args.overwrite)
-        inputs = prepare_inputs(args.lr, args.hr, time_model, hr_full_rate=args.hr_full_rate)
+        inputs = _open_recording(args)
         if args.method == "auto":
             chosen = _choose_method(args, inputs)
             method = create_method(chosen, **_method_options(args, chosen))
@@ -204,21 +241,22 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fuse_on_cluster(args: argparse.Namespace, time_model: TimeModel) -> FusionResult:
+def _fuse_on_cluster(args: argparse.Namespace) -> FusionResult:
     from .distributed import DEFAULT_CHUNK_FRAMES, connect, fuse_distributed
 
+    registration = _registration(args)
     with connect(args.scheduler, args.workers) as client:
         return fuse_distributed(
-            args.lr, args.hr, time_model, args.method, args.output, client,
+            args.lr, args.hr, _time_model(args, registration), args.method, args.output, client,
             method_options=_method_options(args, args.method), hr_full_rate=args.hr_full_rate,
             chunk_frames=args.chunk_frames or DEFAULT_CHUNK_FRAMES, overwrite=args.overwrite,
             frames=_frames(args.frames), progress=ProgressBar(f"fusing ({args.method}, cluster)"),
+            registration=registration,
         )
 
 
 def cmd_assess(args: argparse.Namespace) -> int:
     from .assess import assess, candidate_methods
-    from .pipeline import prepare_inputs
 
     methods, skipped = candidate_methods(lambda name: _method_options(args, name))
     if args.methods:
@@ -234,7 +272,7 @@ def cmd_assess(args: argparse.Namespace) -> int:
     for path in args.calibrated or []:
         engine = _method_options(args, "stf")["engine"]
         methods[f"stf ({Path(path).name})"] = create_method("stf", weights=path, engine=engine)
-    inputs = prepare_inputs(args.lr, args.hr, _time_model(args), hr_full_rate=args.hr_full_rate)
+    inputs = _open_recording(args)
     assessment = assess(
         inputs.lr, inputs.hr, inputs.timeline, methods,
         keyframes=None if args.keyframes == 0 else args.keyframes,
@@ -249,6 +287,51 @@ def cmd_assess(args: argparse.Namespace) -> int:
     print(f"recommended: --method {assessment.recommended}"
           if assessment.recommended in method_names() else
           f"recommended: {assessment.recommended}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from .io import check_output_path, read_image
+    from .registration import register
+
+    out = check_output_path(args.output, overwrite=args.overwrite, suffixes=(".json",))
+    target = None
+    if args.target:
+        target = [read_image(path, name=f"{camera} target image")
+                  for camera, path in zip(("LR", "HR"), args.target, strict=True)]
+    with warnings.catch_warnings(record=True):  # the registration lists its own warnings
+        warnings.simplefilter("always")
+        registration = register(
+            args.lr, args.hr, _time_model(args), estimate_offset=args.estimate_offset,
+            offset_window=args.offset_window, pairs=args.pairs, target=target,
+            ratio_range=tuple(args.ratio_range), max_rotation=args.max_rotation,
+        )
+    registration.save(out)
+    t, m = registration.transform, registration.time_model
+    y0, y1, x0, x1 = registration.crop
+    offsets = registration.offsets
+    print(
+        f"HR pixels per LR pixel {t.ratio_y:.4f} (rows) x {t.ratio_x:.4f} (columns), rotation "
+        f"{t.rotation_deg:+.3f} deg, mirrored {'rows ' if t.flip_y else ''}"
+        f"{'columns' if t.flip_x else ''}{'' if t.flip_y or t.flip_x else 'no'}, shift "
+        f"({t.shift_y:+.2f}, {t.shift_x:+.2f}) LR px"
+    )
+    print(
+        f"agreement {registration.similarity:.3f}, search margin {registration.margin:.2f}, "
+        f"residual misalignment {registration.residual:.3f} LR px"
+    )
+    print(
+        f"common field of view: LR rows {y0}..{y1 - 1}, columns {x0}..{x1 - 1} "
+        f"({y1 - y0}x{x1 - x0} LR px, fused at {m.scale}x)"
+    )
+    second = "" if offsets["second"] is None else (
+        f"; second best {offsets['second'][0]} ({offsets['second'][1]:.4f})")
+    source = "estimated" if registration.offset_estimated else "as given"
+    print(f"keyframe offset {m.offset} ({source}); best match {offsets['best'][0]} "
+          f"({offsets['best'][1]:.4f}){second}")
+    for line in registration.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"wrote {out}: use it with --registration {out}")
     return 0
 
 
@@ -324,7 +407,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .config import CalibrationConfig
     from .io import check_output_path
-    from .pipeline import prepare_inputs
     from .training.calibrate import calibrate
 
     out = check_output_path(args.output, overwrite=args.overwrite, suffixes=(".safetensors",))
@@ -332,7 +414,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         iterations=args.iterations, max_minutes=args.max_minutes, device=args.device,
         out=str(out),
     )
-    inputs = prepare_inputs(args.lr, args.hr, _time_model(args), hr_full_rate=args.hr_full_rate)
+    inputs = _open_recording(args)
     result = calibrate(inputs.lr, inputs.hr, inputs.timeline, config, weights=args.weights)
     if result.helped:
         print(f"use the calibrated weights: --weights {result.weights_path}")
@@ -390,6 +472,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most keyframes to predict, evenly spread; 0 = all (default 12)")
     _add_network_options(p)
     p.set_defaults(func=cmd_assess)
+
+    p = sub.add_parser(
+        "register",
+        help="register a real camera pair in space, time and intensity from its recording",
+    )
+    _add_stack_inputs(p, "registration file to write (.json)")
+    p.add_argument("--estimate-offset", action="store_true",
+                   help="use the keyframe offset that matches best instead of --offset")
+    p.add_argument("--offset-window", type=int,
+                   help="search offsets within this many LR frames of --offset "
+                   "(default: the spacing)")
+    p.add_argument("--pairs", type=int, default=4,
+                   help="keyframes (with their LR frames) the spatial fit uses (default 4)")
+    p.add_argument("--target", nargs=2, metavar=("LR_IMAGE", "HR_IMAGE"),
+                   help="register from one image of a target (a grid) taken by each camera")
+    p.add_argument("--ratio-range", nargs=2, type=float, default=(2.0, 8.0),
+                   metavar=("LOW", "HIGH"), help="HR pixels per LR pixel to consider (2 8)")
+    p.add_argument("--max-rotation", type=float, default=10.0,
+                   help="largest rotation to consider, degrees (default 10)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser(
         "simulate",

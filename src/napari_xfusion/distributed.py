@@ -46,7 +46,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
@@ -59,6 +59,9 @@ from .normalize import Normalization
 from .pipeline import FusionResult, output_metadata, prepare_inputs
 from .streaming import FusedFrame, ProgressCallback, output_times
 from .timeline import Timeline
+
+if TYPE_CHECKING:
+    from .registration import Registration
 
 #: Output frames per task by default: long enough that reading the halo (2r LR frames and
 #: one or two keyframes more than the chunk itself) costs little, short enough that a few
@@ -204,6 +207,7 @@ class _Job:
     #: The ``.incomplete.zarr`` array, or the folder of per-chunk TIFFs.
     target: str
     zarr: bool
+    registration: Registration | None = None
 
 
 def fuse_distributed(
@@ -224,6 +228,7 @@ def fuse_distributed(
     frames: Iterable[int] | None = None,
     progress: ProgressCallback | None = None,
     metadata: dict | None = None,
+    registration: Registration | None = None,
 ) -> FusionResult:
     """Fuse a sequence on a dask cluster and write it to one output, in order.
 
@@ -248,9 +253,9 @@ def fuse_distributed(
     method_options : dict, optional
         Keyword options of the method (for the neural ones ``weights`` and ``engine``, an
         :class:`~napari_xfusion.config.EngineConfig`). A ``weights`` path is made absolute.
-    normalization, hr_full_rate, match_intensity
+    normalization, hr_full_rate, match_intensity, registration
         As for :func:`~napari_xfusion.pipeline.prepare_inputs`; the normalization is fitted
-        here, once.
+        here, once, and the workers apply the registration to the stacks they open.
     chunk_frames : int
         Output frames per task.
     retries : int
@@ -281,12 +286,15 @@ def fuse_distributed(
     options = dict(method_options or {})
     if options.get("weights") is not None:
         options["weights"] = str(Path(options["weights"]).expanduser().resolve())
-    inputs = prepare_inputs(lr, hr, time_model, normalization, hr_full_rate, match_intensity)
+    inputs = prepare_inputs(lr, hr, time_model, normalization, hr_full_rate, match_intensity,
+                            registration)
     times = output_times(inputs.timeline, frames)
     bounds = chunk_bounds(len(times), chunk_frames)
     _, height, width = inputs.lr.shape
     scale = inputs.timeline.model.scale
     frame_shape = (scale * height, scale * width)
+    if registration is not None:
+        metadata = {"registration": registration.to_dict(), **(metadata or {})}
     info = output_metadata(method, inputs.timeline, times, frames is not None, metadata)
     dtype = np.dtype(inputs.hr_norm.dtype)
     sink_class = _ZarrSink if output.suffix.lower() == ".zarr" else _TiffSink
@@ -305,6 +313,7 @@ def fuse_distributed(
             frame_shape=frame_shape,
             target=str(sink.target),
             zarr=sink_class is _ZarrSink,
+            registration=registration,
         )
         sources = [_source_for_workers(client, source) for source in (lr, hr)]
         futures = {
@@ -515,6 +524,9 @@ def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any]
         hr_raw = read_stack(hr_source, name="HR stack")
         if job.hr_full_rate:
             hr_raw = hr_raw[full_rate_selection(len(lr_raw), len(hr_raw), job.timeline.model)]
+        if job.registration is not None:
+            lr_raw = job.registration.crop_lr(lr_raw)
+            hr_raw = read_stack(job.registration.resample_hr(hr_raw), name="HR stack")
         seen = (len(lr_raw), len(hr_raw))
         if seen != (job.timeline.n_lr, job.timeline.n_hr):
             raise ValueError(

@@ -38,11 +38,17 @@ class Normalization:
         Clip limits in the source units (the fitted percentiles).
     dtype : str
         The source stack's dtype name, e.g. ``"uint16"``; :meth:`invert` returns it.
+    curve : tuple of two tuples of float, optional
+        A monotone response curve ``(source values, [0, 1] values)`` used instead of the
+        linear map between ``low`` and ``high`` (which are then its ends): set by
+        :func:`match_normalization` when one camera's response is not linear in the
+        other's (a gamma, a knee). None for the paper's linear normalization.
     """
 
     low: float
     high: float
     dtype: str
+    curve: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.low) and np.isfinite(self.high) and self.low <= self.high):
@@ -54,6 +60,15 @@ class Normalization:
             raise ValueError(
                 f"normalization dtype must be an integer or float type, got {self.dtype!r}."
             )
+        if self.curve is not None:
+            xs, ys = (np.asarray(v, np.float64) for v in self.curve)
+            if not (len(xs) == len(ys) >= 2 and np.all(np.diff(xs) > 0)
+                    and np.all(np.diff(ys) > 0) and np.isfinite(xs).all()):
+                raise ValueError(
+                    "a normalization curve needs two or more points, increasing in both "
+                    f"coordinates; got {self.curve!r}."
+                )
+            object.__setattr__(self, "curve", (tuple(map(float, xs)), tuple(map(float, ys))))
 
     @property
     def _scale(self) -> float:
@@ -75,7 +90,11 @@ class Normalization:
         if is_dask_array(x):
             return x.map_blocks(self.apply, dtype=np.float32)
         # float64 arithmetic: a float32 offset would lose detail on large float values.
-        y = (np.asarray(x, dtype=np.float64) - self.low) * self._scale
+        x = np.asarray(x, dtype=np.float64)
+        if self.curve is not None:
+            y = np.interp(x, *self.curve)
+        else:
+            y = (x - self.low) * self._scale
         return np.clip(y, 0.0, 1.0).astype(np.float32)
 
     def invert(self, y: Any) -> Any:
@@ -84,7 +103,8 @@ class Normalization:
         Parameters
         ----------
         y : array_like or dask.array.Array
-            Normalized frames (values outside [0, 1] extrapolate linearly).
+            Normalized frames (values outside [0, 1] extrapolate linearly; through a curve
+            they are held at its ends).
 
         Returns
         -------
@@ -95,7 +115,11 @@ class Normalization:
         dtype = np.dtype(self.dtype)
         if is_dask_array(y):
             return y.map_blocks(self.invert, dtype=dtype)
-        x = np.asarray(y, dtype=np.float64) * (self.high - self.low) + self.low
+        y = np.asarray(y, dtype=np.float64)
+        if self.curve is not None:
+            x = np.interp(y, self.curve[1], self.curve[0])
+        else:
+            x = y * (self.high - self.low) + self.low
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
             x = np.clip(np.rint(x), info.min, info.max)
@@ -180,10 +204,12 @@ def match_normalization(
     """An LR normalization that puts LR frames in the HR stack's normalized units.
 
     The two cameras see the same scene, so at a time when both took a frame, the binned HR
-    frame and the LR frame differ only by the cameras' gains and offsets. Fitting the LR
-    mapping to that (least squares, ``bin(hr_norm(HR)) ~ a * LR + b``) makes the LR and HR
-    inputs agree in brightness, which separate percentile normalizations do not: binning
-    compresses the extremes, so the percentiles of the two streams differ.
+    frame and the LR frame differ only by the cameras' responses: gains, offsets and, for
+    two different cameras, a response curve (a gamma, a knee). Fitting the LR mapping to
+    that (least squares, ``bin(hr_norm(HR)) ~ a * LR + b``, or a monotone curve through
+    the binned means when it fits clearly better) makes the LR and HR inputs agree in
+    brightness, which separate percentile normalizations do not: binning compresses the
+    extremes, so the percentiles of the two streams differ.
 
     Parameters
     ----------
@@ -223,5 +249,70 @@ def match_normalization(
     a, b = np.polyfit(x, y, 1)
     if a <= 0:
         return None
+    dtype = np.dtype(lr.dtype).name
     # y = a x + b maps x = -b/a to 0 and x = (1 - b)/a to 1.
-    return Normalization(low=float(-b / a), high=float((1 - b) / a), dtype=np.dtype(lr.dtype).name)
+    linear = Normalization(low=float(-b / a), high=float((1 - b) / a), dtype=dtype)
+    curve = _response_curve(x, y)
+    if curve is None:
+        return linear
+    bent = Normalization(low=curve[0][0], high=curve[0][-1], dtype=dtype, curve=curve)
+
+    def error(norm: Normalization) -> float:
+        return float(np.mean((norm.apply(x).astype(np.float64) - y) ** 2))
+
+    # The linear map stays unless a curve fits clearly better, in proportion and in
+    # absolute terms: noise, and the clipped extremes of an otherwise straight relation,
+    # must not bend it.
+    gain = error(linear) - error(bent)
+    return bent if gain > max(_CURVE_GAIN * error(linear), _CURVE_MIN_GAIN) else linear
+
+
+#: Points of a fitted response curve (quantiles of the source values).
+_CURVE_POINTS = 24
+#: A curve replaces the linear map only if it lowers the mean squared error by this share,
+#: and by at least this much (an RMS difference of about 0.3 % of the range).
+_CURVE_GAIN = 0.05
+_CURVE_MIN_GAIN = 1e-5
+
+
+def _response_curve(x: np.ndarray, y: np.ndarray):
+    """A monotone curve ``y ~ f(x)`` through the mean of ``y`` in quantile bins of ``x``.
+
+    Pool-adjacent-violators makes the bin means increase; the ends are extended to 0 and
+    1 along the curve's end slopes, so that values just outside the fitted range map
+    sensibly. None when too few distinct values exist.
+    """
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, _CURVE_POINTS + 1)))
+    if len(edges) < 4:
+        return None
+    bins = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    counts = np.bincount(bins, minlength=len(edges) - 1).astype(np.float64)
+    keep = counts > 0
+    xs = (np.bincount(bins, x, len(edges) - 1)[keep] / counts[keep]).tolist()
+    ys = (np.bincount(bins, y, len(edges) - 1)[keep] / counts[keep]).tolist()
+    weights = counts[keep].tolist()
+    # Pool adjacent violators: merge neighbouring bins until the means increase.
+    i = 0
+    while i < len(ys) - 1:
+        if ys[i] >= ys[i + 1]:
+            w = weights[i] + weights[i + 1]
+            xs[i] = (xs[i] * weights[i] + xs[i + 1] * weights[i + 1]) / w
+            ys[i] = (ys[i] * weights[i] + ys[i + 1] * weights[i + 1]) / w
+            weights[i] = w
+            del xs[i + 1], ys[i + 1], weights[i + 1]
+            i = max(i - 1, 0)
+        else:
+            i += 1
+    if len(xs) < 2:
+        return None
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    if np.any(np.diff(xs) <= 0):
+        return None
+    # Extend to y = 0 and y = 1 along the end slopes.
+    low_slope = (ys[1] - ys[0]) / (xs[1] - xs[0])
+    high_slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    if ys[0] > 0 and low_slope > 0:
+        xs, ys = np.r_[xs[0] - ys[0] / low_slope, xs], np.r_[0.0, ys]
+    if ys[-1] < 1 and high_slope > 0:
+        xs, ys = np.r_[xs, xs[-1] + (1 - ys[-1]) / high_slope], np.r_[ys, 1.0]
+    return tuple(xs.tolist()), tuple(ys.tolist())

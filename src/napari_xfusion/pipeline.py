@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from .normalize import Normalization, fit_normalization, match_normalization
 from .simulate import bin_frames, noise_b0, noisy_frame
 from .streaming import FusedFrame, MappedFrames, ProgressCallback, output_times
 from .timeline import Timeline, full_rate_keyframes
+
+if TYPE_CHECKING:
+    from .registration import Registration
 
 
 @dataclass
@@ -39,6 +42,8 @@ class FusionInputs:
     lr_norm, hr_norm : Normalization
         The mappings from each camera's units to [0, 1]; ``hr_norm.invert`` brings fused
         frames back to the HR camera's units.
+    registration : Registration or None
+        The camera registration the stacks went through (recorded with fused stacks).
     """
 
     lr: object
@@ -46,6 +51,7 @@ class FusionInputs:
     timeline: Timeline
     lr_norm: Normalization
     hr_norm: Normalization
+    registration: Registration | None = None
 
 
 def prepare_inputs(
@@ -55,6 +61,7 @@ def prepare_inputs(
     normalization: NormalizationConfig = NormalizationConfig(),
     hr_full_rate: bool = False,
     match_intensity: bool = True,
+    registration: Registration | None = None,
 ) -> FusionInputs:
     """Open, check and normalize an LR stack and an HR stack.
 
@@ -74,6 +81,10 @@ def prepare_inputs(
         cameras took at the same time (:func:`~napari_xfusion.normalize.match_normalization`);
         with False, or when that fit fails, each stack gets the paper's own percentile
         normalization.
+    registration : Registration, optional
+        The two cameras' registration (:func:`napari_xfusion.registration.register`): the
+        LR stack is cropped to the common field of view and the HR keyframes resampled
+        onto ``scale`` times that crop, frame by frame as they are read.
 
     Returns
     -------
@@ -83,6 +94,16 @@ def prepare_inputs(
     hr_raw = read_stack(hr, name="HR stack")
     if hr_full_rate:
         hr_raw = hr_raw[full_rate_selection(len(lr_raw), len(hr_raw), time_model)]
+    if registration is not None:
+        registration.check_stacks(lr_raw.shape, hr_raw.shape)
+        if registration.time_model.scale != time_model.scale:
+            raise ValueError(
+                f"the registration resamples to scale {registration.time_model.scale}, but "
+                f"the scale is set to {time_model.scale}: set the scale to "
+                f"{registration.time_model.scale}, or register again at this scale."
+            )
+        lr_raw = registration.crop_lr(lr_raw)
+        hr_raw = read_stack(registration.resample_hr(hr_raw), name="HR stack")
     check_scale(lr_raw.shape, hr_raw.shape, time_model.scale)
     timeline = Timeline(len(lr_raw), len(hr_raw), time_model)
     hr_norm = fit_normalization(hr_raw, normalization)
@@ -101,6 +122,7 @@ def prepare_inputs(
         timeline=timeline,
         lr_norm=lr_norm,
         hr_norm=hr_norm,
+        registration=registration,
     )
 
 
@@ -195,6 +217,8 @@ def fuse_iter(
     output = check_output_path(output, overwrite=overwrite)
     n_lr, height, width = inputs.lr.shape
     scale = inputs.timeline.model.scale
+    if inputs.registration is not None:
+        metadata = {"registration": inputs.registration.to_dict(), **(metadata or {})}
     info = output_metadata(method.name, inputs.timeline, times, frames is not None, metadata)
     log = AttentionLog()
     stack = open_writer(

@@ -8,7 +8,15 @@ A new file format is a reader in :mod:`.read` (``_open_path`` dispatches on the 
 for output, a :class:`StackWriter` subclass in :mod:`.write`.
 """
 
-from .read import TIFF_SUFFIXES, StackError, check_finite, is_dask_array, read_metadata, read_stack
+from .read import (
+    TIFF_SUFFIXES,
+    StackError,
+    check_finite,
+    is_dask_array,
+    read_image,
+    read_metadata,
+    read_stack,
+)
 from .write import (
     BackgroundWriter,
     StackWriter,
@@ -30,6 +38,7 @@ __all__ = [
     "is_dask_array",
     "move_into_place",
     "open_writer",
+    "read_image",
     "read_metadata",
     "read_stack",
     "write_stack",

@@ -125,6 +125,44 @@ def read_stack(source: Any, name: str = "stack") -> dask.array.Array:
     return _as_frames(source, name)
 
 
+def read_image(source: Any, name: str = "image") -> np.ndarray:
+    """One grey-level image: a 2-D TIFF, a one-frame stack, or an array.
+
+    For what a camera records once, such as a calibration target.
+
+    Parameters
+    ----------
+    source : str, Path or array_like
+    name : str
+        What the image is, for error messages.
+
+    Returns
+    -------
+    ndarray, shape (y, x)
+
+    Raises
+    ------
+    StackError
+        When the source is missing, unreadable, in colour, or holds several frames.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise StackError(f"{name}: no file at {path}; check the path.")
+        try:
+            source = tifffile.imread(path)
+        except Exception as exc:  # tifffile raises many kinds for a damaged file
+            raise StackError(f"{name}: {path} is not a readable TIFF ({exc}).") from None
+    image = np.squeeze(np.asarray(source))
+    if image.ndim != 2:
+        raise StackError(
+            f"{name} has shape {image.shape}: give one grey-level image (y, x), not a stack "
+            "or a colour image."
+        )
+    _check_dtype(image.dtype, name)
+    return image
+
+
 def read_metadata(path: str | Path) -> dict:
     """The metadata a stack file written by :func:`open_writer` carries.
 
