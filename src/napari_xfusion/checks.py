@@ -53,12 +53,16 @@ def check_scale(
         return actual
     wanted = "a whole multiple of" if scale is None else f"exactly {scale} times"
     if actual is not None:
-        fix = f"they differ by {actual}: set the scale to {actual}."
+        fix = f"they differ by {actual}: set the scale to {actual}"
     else:
         fix = (
             "check that the stacks are LR and HR in the right order and show the same field "
-            "of view (crop them to match)."
+            "of view"
         )
+    fix += (
+        "; if they come from two separate cameras, register them first (xfusion register, "
+        "or the dock's Register cameras)."
+    )
     raise ValueError(
         f"HR frames are {hh}x{ww} and LR frames {h}x{w}: the HR size must be {wanted} the "
         f"LR size; {fix}"

@@ -226,3 +226,40 @@ def test_a_weights_file_without_arch_is_read_as_the_library_reads_it(dock, tmp_p
               metadata=meta | {"model_config": json.dumps(config)})
     widget.weights.value = str(no_arch)
     assert widget.run_button.enabled, widget.message.value
+
+
+def test_registering_two_cameras_lets_them_fuse(make_napari_viewer, qtbot):
+    from napari_xfusion.config import NoiseConfig, TimeModel
+    from napari_xfusion.registration import CameraTransform, HRCamera, two_camera_recording
+    from napari_xfusion.synthetic import synthetic_lpbf
+
+    scene = synthetic_lpbf(n_frames=21, height=560, width=800, seed=5)
+    true = CameraTransform(3.3, 3.27, 4.0, False, True, 2.3, -5.7, (300, 480), (100, 160))
+    rec = two_camera_recording(scene, true, TimeModel(spacing=10, offset=3), HRCamera(),
+                               NoiseConfig(target_psnr=35, seed=1), margin=80)
+    viewer = make_napari_viewer()
+    viewer.add_image((rec.lr * 3000 + 200).astype(np.uint16), name="LR stream")
+    viewer.add_image(rec.hr, name="HR keyframes")
+    widget = FusionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.spacing.value, widget.offset.value = 10, 1
+    # Two separate cameras: the sizes do not fit until they are registered.
+    assert not widget.run_button.enabled and "register them first" in widget.message.value
+    widget.estimate_offset.value = True
+    widget.start_registration()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.registration is not None, widget.message.value
+    assert widget.offset.value == 3 and "registered:" in widget.message.value
+    assert "Registration check (checkerboard)" in viewer.layers
+    assert widget.run_button.enabled
+    # The HR camera's frames are drawn through the transform, over the LR frames.
+    world = viewer.layers["HR keyframes"].data_to_world((0, 149.5, 239.5))
+    np.testing.assert_allclose(world[1:], 4 * true.to_lr([149.5, 239.5]) + 1.5, atol=0.2)
+    widget.method.value = "transfer"
+    run(qtbot, widget)
+    fused = viewer.layers["Fused (Detail transfer)"]
+    y0, y1, x0, x1 = widget.registration.crop
+    assert fused.data.shape == (21, 4 * (y1 - y0), 4 * (x1 - x0))
+    # Choosing another HR layer drops the registration that was made for the old one.
+    widget.hr.value = viewer.layers["LR stream"]
+    assert widget.registration is None

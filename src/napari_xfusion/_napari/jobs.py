@@ -1,4 +1,4 @@
-"""The long work of the docks, without Qt: fusion, calibration and assessment.
+"""The long work of the docks, without Qt: fusion, calibration, assessment, registration.
 
 A dock builds a :class:`FusionPlan` from its settings (checked with the library's own
 checks), then runs one of the functions here in a napari thread worker: :func:`fusion_steps`
@@ -10,6 +10,7 @@ layer, so the science stays testable without a viewer.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,14 @@ from ..methods import create_method
 from ..metrics import psnr
 from ..normalize import fit_normalization
 from ..pipeline import fuse_iter, prepare_inputs
+from ..registration import Registration, register
 from ..streaming import FusedFrame
 from ..timeline import Timeline
 from ..training.calibrate import CalibrationResult, calibrate
 
 __all__ = [
     "FrameReady", "FusionPlan", "Prepared", "assessment_steps", "calibration_steps",
-    "fusion_steps",
+    "checkerboard", "fusion_steps", "registration_steps",
 ]
 
 
@@ -49,6 +51,7 @@ class FusionPlan:
     overwrite: bool
     n_frames: int
     frame_shape: tuple[int, int]
+    registration: Registration | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ def fusion_steps(plan: FusionPlan, stop: threading.Event) -> Iterator[Prepared |
     Runs in a worker thread. Stopping closes the fusion generator, so frames already
     streamed to an output file are kept in its ``.incomplete`` file.
     """
-    inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate)
+    inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate,
+                            registration=plan.registration)
     options = {}
     if plan.method in MODEL_ARCHS:
         options = {"weights": plan.weights, "engine": plan.engine}
@@ -113,7 +117,8 @@ def calibration_steps(
     Runs in a worker thread; ``say`` receives the report lines and ``stop`` ends the
     training early (the network is still validated, so the result stays honest).
     """
-    inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate)
+    inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate,
+                            registration=plan.registration)
     return calibrate(
         inputs.lr, inputs.hr, inputs.timeline, config, weights=plan.weights,
         progress=say, should_stop=stop.is_set,
@@ -129,7 +134,8 @@ def assessment_steps(
     in the plan replaces the bundled weights of its own method. ``say`` receives progress
     lines; ``stop`` cancels between two predictions (:class:`InterruptedError`).
     """
-    inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate)
+    inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate,
+                            registration=plan.registration)
 
     def options(name: str) -> dict:
         if name not in MODEL_ARCHS:
@@ -145,3 +151,40 @@ def assessment_steps(
         progress=lambda done, total: say(f"assessing: {done}/{total} keyframe predictions"),
         should_stop=stop.is_set,
     )
+
+
+def registration_steps(
+    lr, hr, time_model: TimeModel, estimate_offset: bool
+) -> tuple[Registration, np.ndarray, tuple[float, float]]:
+    """Register the two cameras, and make a checkerboard to judge the result by eye.
+
+    Runs in a worker thread. Returns the registration, a checkerboard of the LR frame
+    (upsampled) and the registered HR keyframe taken at the same moment, in [0, 1] on the
+    fusion grid over the common field of view, and where that grid's first pixel lies in
+    LR pixels. Warnings the registration raises are in its ``warnings``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        registration = register(lr, hr, time_model, estimate_offset=estimate_offset)
+    model = registration.time_model
+    inside = [j for j in range(len(hr)) if 0 <= model.offset + j * model.spacing < len(lr)]
+    j = inside[len(inside) // 2]
+    s = model.scale
+    lr_frame = np.asarray(registration.crop_lr(lr)[model.offset + j * model.spacing], np.float64)
+    hr_frame = registration.resample_hr(hr).frame(j).astype(np.float64)
+    upsampled = np.kron(lr_frame, np.ones((s, s)))
+    board = checkerboard(_stretch(upsampled), _stretch(hr_frame), 8 * s)
+    y0, _, x0, _ = registration.crop
+    return registration, board, (y0, x0)
+
+
+def _stretch(image: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(image, [0.5, 99.5])
+    return np.clip((image - low) / max(high - low, 1e-12), 0.0, 1.0)
+
+
+def checkerboard(first: np.ndarray, second: np.ndarray, square: int) -> np.ndarray:
+    """``first`` on the white squares, ``second`` on the black ones (same shapes)."""
+    rows, cols = np.indices(first.shape)
+    white = ((rows // square) + (cols // square)) % 2 == 0
+    return np.where(white, first, second).astype(np.float32)

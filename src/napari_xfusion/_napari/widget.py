@@ -36,8 +36,16 @@ from ..devices import available_devices
 from ..io import check_output_path, read_stack
 from ..methods import method_labels
 from ..models.weights import check_weights_file
+from ..registration import Registration
 from ..timeline import Timeline
-from .jobs import FusionPlan, Prepared, assessment_steps, calibration_steps, fusion_steps
+from .jobs import (
+    FusionPlan,
+    Prepared,
+    assessment_steps,
+    calibration_steps,
+    fusion_steps,
+    registration_steps,
+)
 from .record import RECORD_KEY, FusionRecord, ResultStack
 
 #: Methods in the order the menu offers them; others registered later follow.
@@ -110,8 +118,12 @@ class FusionWidget(Container):
         self.assess_button = PushButton(text="Assess methods on keyframes")
         self.assessment = Label(label="")
         self.assessment.native.setStyleSheet("font-family: monospace")
+        self.register_button = PushButton(text="Register cameras")
+        self.estimate_offset = CheckBox(text="estimate the keyframe offset", value=False)
+        self.registration: Registration | None = None
         self.extend([
-            self.lr, self.hr, self.full_rate, self.spacing, self.offset, self.separation,
+            self.lr, self.hr, self.register_button, self.estimate_offset, self.full_rate,
+            self.spacing, self.offset, self.separation,
             self.scale, self.method, self.weights, self.device, self.badge, self.tile,
             self.overlap, self.truth, self.output, self.overwrite, self.message,
             self.run_button, self.cancel_button, self.progress, self.speed,
@@ -131,6 +143,9 @@ class FusionWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.calibrate_button.changed.connect(self.start_calibration)
         self.assess_button.changed.connect(self.start_assessment)
+        self.register_button.changed.connect(self.start_registration)
+        for choice in (self.lr, self.hr):
+            choice.changed.connect(self._forget_registration)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
         self._read_time_model()
@@ -200,12 +215,19 @@ class FusionWidget(Container):
             separation=self.separation.value, scale=self.scale.value,
         )
         n_lr = lr.data.shape[0]
-        check_scale(lr.data.shape, hr.data.shape, time_model.scale)
+        registration = self.registration
+        if registration is not None:
+            registration.check_stacks(lr.data.shape, hr.data.shape)
+            y0, y1, x0, x1 = registration.crop
+            s = time_model.scale
+            frame_shape = (s * (y1 - y0), s * (x1 - x0))
+        else:
+            check_scale(lr.data.shape, hr.data.shape, time_model.scale)
+            frame_shape = tuple(int(n) for n in hr.data.shape[1:])
         n_hr = hr.data.shape[0]
         if self.full_rate.value:
             n_hr = len(full_rate_selection(n_lr, n_hr, time_model))
         Timeline(n_lr, n_hr, time_model)
-        frame_shape = tuple(int(n) for n in hr.data.shape[1:])
         if truth is not None and tuple(truth.data.shape) != (n_lr, *frame_shape):
             raise ValueError(
                 f"the ground truth {truth.name!r} has shape {truth.data.shape}, not one HR frame "
@@ -231,7 +253,7 @@ class FusionWidget(Container):
             lr=lr.data, hr=hr.data, truth=None if truth is None else truth.data,
             time_model=time_model, hr_full_rate=self.full_rate.value, method=method,
             weights=weights, engine=engine, output=output, overwrite=self.overwrite.value,
-            n_frames=n_lr, frame_shape=frame_shape,
+            n_frames=n_lr, frame_shape=frame_shape, registration=registration,
         )
 
     def _on_change(self, *_) -> None:
@@ -246,7 +268,11 @@ class FusionWidget(Container):
             self.assess_button.enabled = False
             return
         self._place_layers(plan.time_model)
-        self._say(f"ready: {plan.n_frames} frames of {plan.frame_shape[1]}x{plan.frame_shape[0]}")
+        registered = " (registered cameras)" if plan.registration is not None else ""
+        self._say(
+            f"ready: {plan.n_frames} frames of {plan.frame_shape[1]}x{plan.frame_shape[0]}"
+            f"{registered}"
+        )
         self.run_button.enabled = self.assess_button.enabled = True
         self.calibrate_button.enabled = plan.method == "stf"
 
@@ -270,17 +296,50 @@ class FusionWidget(Container):
         self.message.native.setStyleSheet("color: #e05050" if error else "")
 
     def _place_layers(self, model: TimeModel) -> None:
-        """Put both stacks on the LR time axis and the HR pixel grid, so scrubbing matches."""
+        """Put both stacks on the LR time axis and the fusion grid, so scrubbing matches.
+
+        World units are pixels of the fusion grid (``scale`` per LR pixel). Without a
+        registration the HR layer already is that grid; with one, the HR camera's frames are
+        drawn through its transform (an affine), so that they lie over the LR frames.
+        """
         lr, hr = self.lr.value, self.hr.value
-        hr_scale, hr_shift = np.asarray(hr.scale[1:]), np.asarray(hr.translate[1:])
+        s = model.scale
+        if self.registration is not None:
+            hr_scale, hr_shift = np.ones(2), np.zeros(2)
+            t = self.registration.transform
+            # World = s * (LR coordinates) + (s - 1) / 2, LR = matrix @ HR + offset.
+            affine = np.eye(4)
+            affine[1:3, 1:3] = s * t.matrix
+            affine[1:3, 3] = s * t.offset + (s - 1) / 2
+            hr.affine = affine
+        else:
+            hr_scale, hr_shift = np.asarray(hr.scale[1:]), np.asarray(hr.translate[1:])
         if self.full_rate.value:
             hr.scale, hr.translate = (1, *hr_scale), (0, *hr_shift)
         else:
             hr.scale, hr.translate = (model.spacing, *hr_scale), (model.offset, *hr_shift)
-        s = model.scale
         # An LR pixel covers s HR pixels, so its centre sits (s - 1) / 2 HR pixels in.
         lr.scale = (1, *(s * hr_scale))
         lr.translate = (0, *(hr_shift + (s - 1) / 2 * hr_scale))
+
+    def _fused_placement(self) -> tuple[tuple, tuple]:
+        """Scale and translate of a fused layer: the fusion grid over the crop, if any."""
+        plan, hr = self._plan, self.hr.value
+        if plan.registration is None:
+            return (1, *hr.scale[1:]), (0, *hr.translate[1:])
+        y0, _, x0, _ = plan.registration.crop
+        s = plan.time_model.scale
+        return (1, 1, 1), (0, s * y0, s * x0)
+
+    def _forget_registration(self, *_) -> None:
+        """Another LR or HR layer: the registration was for the old ones."""
+        if self.registration is None:
+            return
+        self.registration = None
+        hr = self.hr.value
+        if hr is not None:
+            hr.affine = np.eye(4)
+        self._on_change()
 
     # --- fusion ---------------------------------------------------------------------
 
@@ -323,6 +382,7 @@ class FusionWidget(Container):
 
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = self.assess_button.enabled = not running
+        self.register_button.enabled = not running
         self.calibrate_button.enabled = not running
         self.cancel_button.enabled = running
 
@@ -349,6 +409,7 @@ class FusionWidget(Container):
         per_frame = plan.frame_shape[0] * plan.frame_shape[1] * np.dtype(hr.data.dtype).itemsize
         capacity = None if plan.output is None else max(STREAMING_CACHE // per_frame, 1)
         data = ResultStack((plan.n_frames, *plan.frame_shape), hr.data.dtype, capacity)
+        scale, translate = self._fused_placement()
         index = None
         if name in self.viewer.layers:
             old = self.viewer.layers[name]
@@ -359,8 +420,8 @@ class FusionWidget(Container):
             name=name,
             contrast_limits=hr.contrast_limits,
             colormap=hr.colormap.name,
-            scale=(1, *hr.scale[1:]),
-            translate=(0, *hr.translate[1:]),
+            scale=scale,
+            translate=translate,
             axis_labels=("t", "y", "x"),
             multiscale=False,
             metadata={RECORD_KEY: FusionRecord(timeline, label)},
@@ -456,6 +517,56 @@ class FusionWidget(Container):
         self._set_running(False)
         self.calibrate_button.enabled = self.method.value == "stf"
         self.progress.max, self.progress.value = 1, 1
+
+    # --- registration ---------------------------------------------------------------
+
+    def start_registration(self) -> None:
+        """Register the two cameras in the background (before a plan can be made)."""
+        lr, hr = self.lr.value, self.hr.value
+        if self.worker is not None or lr is None or hr is None or lr is hr:
+            show_error("choose two different layers: the LR stream and the HR keyframes.")
+            return
+        self.registration = None
+        time_model = TimeModel(
+            spacing=self.spacing.value, offset=self.offset.value,
+            separation=self.separation.value, scale=self.scale.value,
+        )
+        self._stop, self._failed = threading.Event(), False
+        self.progress.max, self.progress.value = 0, 0  # busy indicator
+        self._say("registering the cameras: searching mirrors, scales and rotations...")
+        self._registered = None
+        self._run_in_background(
+            registration_steps, lr.data, hr.data, time_model, self.estimate_offset.value,
+            returned=self._keep_registration, finished=self._on_registered,
+        )
+
+    def _keep_registration(self, result) -> None:
+        self._registered = result
+
+    def _on_registered(self) -> None:
+        """After the worker: use the registration, show the checkerboard, say what it is."""
+        self._on_background_finished()
+        if self._registered is None:  # failed: the error is shown
+            return
+        registration, board, (y0, x0) = self._registered
+        self.registration = registration
+        t, s = registration.transform, registration.time_model.scale
+        if registration.offset_estimated:
+            self.offset.value = registration.time_model.offset
+        name = "Registration check (checkerboard)"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.viewer.add_image(board, name=name, translate=(s * y0, s * x0),
+                              contrast_limits=(0, 1), colormap="gray")
+        self._on_change()
+        self.viewer.reset_view()
+        notes = "; ".join(registration.warnings)
+        self._say(
+            f"registered: {t.ratio_y:.3f} x {t.ratio_x:.3f} HR px per LR px, rotation "
+            f"{t.rotation_deg:+.2f} deg, agreement {registration.similarity:.3f}, residual "
+            f"{registration.residual:.3f} LR px, offset {registration.time_model.offset}"
+            + (f". Warning: {notes}" if notes else ".")
+        )
 
     # --- assessment -----------------------------------------------------------------
 

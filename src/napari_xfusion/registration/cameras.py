@@ -49,7 +49,8 @@ class HRCamera:
 
 
 def hr_camera_frame(
-    scene: np.ndarray, transform: CameraTransform, camera: HRCamera, scale: int = 4
+    scene: np.ndarray, transform: CameraTransform, camera: HRCamera, scale: int = 4,
+    margin: int = 0,
 ) -> np.ndarray:
     """What the HR camera records of one scene frame, as uint16.
 
@@ -62,11 +63,14 @@ def hr_camera_frame(
     camera : HRCamera
     scale : int
         Scene pixels per LR pixel.
+    margin : int
+        Scene pixels around the LR camera's field of view on each side (the scene extends
+        beyond what the LR camera sees, as a real one does).
     """
     rows, cols = np.mgrid[0 : transform.hr_shape[0], 0 : transform.hr_shape[1]]
     lr = transform.to_lr(np.stack([rows, cols], axis=-1).reshape(-1, 2))
     # LR pixel q covers scene pixels scale*q .. scale*q + scale - 1, centred between them.
-    at = scale * lr + (scale - 1) / 2
+    at = scale * lr + (scale - 1) / 2 + margin
     # An HR-camera pixel spans scale / ratio scene pixels: integrate over it where it is
     # larger than one (a Gaussian of the box's standard deviation).
     footprint = scale / min(transform.ratio_y, transform.ratio_x)
@@ -88,7 +92,7 @@ class TwoCameraRecording:
     hr : ndarray, shape (M, H', W'), uint16
         The HR camera's keyframes, taken at LR times ``offset + j * spacing``.
     truth : ndarray, shape (N, Y, X), float32
-        The scene at every LR time, ``scale`` times the LR grid.
+        The scene the LR camera sees, at every LR time, ``scale`` times the LR grid.
     transform : CameraTransform
         The true HR-to-LR map.
     time_model : TimeModel
@@ -110,12 +114,13 @@ def two_camera_recording(
     time_model: TimeModel,
     camera: HRCamera = HRCamera(),
     noise: NoiseConfig = NoiseConfig(),
+    margin: int = 0,
 ) -> TwoCameraRecording:
     """Record a full-rate scene with an LR camera and a registered-differently HR camera.
 
     Parameters
     ----------
-    truth : array_like, shape (N, Y, X)
+    truth : array_like, shape (N, Y + 2 margin, X + 2 margin)
         The scene in [0, 1]; ``Y`` and ``X`` multiples of ``time_model.scale``.
     transform : CameraTransform
         Where the HR camera's pixels lie on the LR grid (its ``lr_shape`` must be the LR
@@ -125,8 +130,12 @@ def two_camera_recording(
     camera : HRCamera
     noise : NoiseConfig
         Poisson noise on the LR camera.
+    margin : int
+        Scene pixels on each side beyond the LR camera's field of view, which an HR camera
+        whose field of view reaches further sees (without them it would see black there).
     """
-    truth = np.asarray(truth, dtype=np.float32)
+    scene = np.asarray(truth, dtype=np.float32)
+    truth = scene[:, margin : scene.shape[1] - margin, margin : scene.shape[2] - margin]
     s = time_model.scale
     lr_clean = bin_frames(truth, s)
     if tuple(lr_clean.shape[1:]) != transform.lr_shape:
@@ -135,7 +144,7 @@ def two_camera_recording(
             f"to {lr_clean.shape[1:]}."
         )
     times = range(time_model.offset, len(truth), time_model.spacing)
-    hr = np.stack([hr_camera_frame(truth[t], transform, camera, s) for t in times])
+    hr = np.stack([hr_camera_frame(scene[t], transform, camera, s, margin) for t in times])
     return TwoCameraRecording(
         lr=noisy_lr(lr_clean, noise), hr=hr, truth=truth, transform=transform,
         time_model=time_model, camera=camera,
