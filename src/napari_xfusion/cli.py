@@ -92,8 +92,9 @@ def _add_time_model(parser: argparse.ArgumentParser, keyframes_default: bool = T
 def _add_stack_inputs(parser: argparse.ArgumentParser, output_help: str | None = None) -> None:
     """The LR and HR stacks, the output (if any), the time model and the cameras'
     registration, shared by the commands that read a recording."""
-    parser.add_argument("lr", help="LR stack: multi-page TIFF or folder of TIFF frames")
-    parser.add_argument("hr", help="HR keyframes: multi-page TIFF or folder of TIFF frames")
+    parser.add_argument("lr", help="LR stack: multi-page TIFF, folder of TIFF frames, Photron "
+                        ".cih/.mraw, or HDF5 (file.h5 or file.h5::/path/to/data)")
+    parser.add_argument("hr", help="HR keyframes, in the same forms")
     if output_help is not None:
         parser.add_argument("-o", "--output", required=True, help=output_help)
     _add_time_model(parser)
@@ -134,6 +135,32 @@ def _time_model(args: argparse.Namespace, registration=None) -> TimeModel:
         spacing=DEFAULT_SPACING if spacing is None else spacing,
         offset=0 if offset is None else offset,
         separation=args.separation, scale=args.scale,
+    )
+
+
+def _propose_timing(args: argparse.Namespace) -> None:
+    """Fill a missing --spacing/--offset from the frame rates and trigger times the
+    cameras' files record, and say so."""
+    if args.spacing is not None and args.offset is not None:
+        return
+    from .io import open_camera_file, propose_time_model
+
+    timings = []
+    for path, name in ((args.lr, "LR stack"), (args.hr, "HR stack")):
+        reader = open_camera_file(path, name)
+        timings.append(getattr(reader, "timing", None))
+    if None in timings:
+        return
+    spacing, offset = propose_time_model(*timings)
+    lr, hr = timings
+    if args.spacing is None:
+        args.spacing = spacing
+    if args.offset is None:
+        args.offset = offset
+    print(
+        f"from the files: LR {lr.rate:g} frames/s, HR {hr.rate:g} frames/s, first frames at "
+        f"{lr.first_frame * 1e6:+.3f} and {hr.first_frame * 1e6:+.3f} us from the trigger: "
+        f"spacing {spacing}, offset {offset} (used where not given; checked below)"
     )
 
 
@@ -295,6 +322,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .registration import register
 
     out = check_output_path(args.output, overwrite=args.overwrite, suffixes=(".json",))
+    _propose_timing(args)
     target = None
     if args.target:
         target = [read_image(path, name=f"{camera} target image")

@@ -48,6 +48,16 @@ def test_reader_claims_tiffs_and_folders_only(tmp_path):
     assert [int(np.asarray(data[i])[0, 0]) for i in range(3)] == [1, 2, 10]
 
 
+def test_reader_opens_camera_files(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("entry/data/data", data=np.arange(60, dtype=np.uint16).reshape(3, 4, 5))
+    data, meta, kind = get_reader(str(path))(str(path))[0]
+    assert kind == "image" and data.shape == (3, 4, 5) and meta["name"] == "scan"
+    assert get_reader(str(tmp_path / "shot.cih")) is not None
+
+
 def test_reader_reports_bad_files_clearly(tmp_path):
     bad = tmp_path / "rgb.tif"
     tifffile.imwrite(bad, np.zeros((8, 9, 3), np.uint8), photometric="rgb")

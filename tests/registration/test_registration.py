@@ -199,3 +199,22 @@ def test_register_then_fuse_from_the_command_line(recording, tmp_path, capsys):
     code = main(["fuse", str(hr), str(hr), "-o", str(tmp_path / "x.tif"),
                  "--registration", str(cameras)])
     assert code == 2 and "registration is for 100x160" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_register_proposes_the_timing_recorded_in_camera_files(recording, tmp_path, capsys):
+    pymraw = pytest.importorskip("pyMRAW")
+    from napari_xfusion.cli import main
+
+    # LR at 5 MHz from 43 frames before the trigger; HR at 500 kHz from 4 frames before it:
+    # the HR camera's first frame is LR frame 3, and D = 10.
+    _, lr = pymraw.save_mraw((recording.lr * 3000 + 200).astype(np.uint16),
+                             str(tmp_path / "lr.cih"),
+                             info_dict={"Record Rate(fps)": 5_000_000, "Start Frame": -43})
+    _, hr = pymraw.save_mraw(recording.hr, str(tmp_path / "hr.cih"),
+                             info_dict={"Record Rate(fps)": 500_000, "Start Frame": -4})
+    code = main(["register", lr, hr, "-o", str(tmp_path / "cameras.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "spacing 10, offset 3 (used where not given; checked below)" in out
+    assert "keyframe offset 3 (as given); best match 3" in out and not err

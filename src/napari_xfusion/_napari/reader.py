@@ -1,4 +1,5 @@
-"""napari reader: TIFF stacks and folders of TIFF frames, opened lazily as ``(t, y, x)``."""
+"""napari reader: TIFF stacks, folders of TIFF frames and the cameras' own files (Photron
+MRAW/CIH, HDF5/NeXus), opened lazily as ``(t, y, x)``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..io import TIFF_SUFFIXES, read_stack
+from ..io.cameras import CAMERA_SUFFIXES
 
 LayerData = list[tuple]
 
@@ -17,7 +19,8 @@ def _is_tiff_folder(path: Path) -> bool:
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] | None:
-    """The reader for ``path`` if it is a TIFF file or a folder of TIFF frames, else None.
+    """The reader for ``path`` if it is a TIFF file, a folder of TIFF frames or a camera
+    file, else None.
 
     Never raises: napari asks every plugin about every file, and a file this reader does
     not handle is simply not claimed.
@@ -25,7 +28,9 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     try:
         ok = all(
-            Path(p).suffix.lower() in TIFF_SUFFIXES or _is_tiff_folder(Path(p)) for p in paths
+            Path(p).suffix.lower() in (*TIFF_SUFFIXES, *CAMERA_SUFFIXES)
+            or _is_tiff_folder(Path(p))
+            for p in paths
         )
     except OSError:
         return None

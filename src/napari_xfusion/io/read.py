@@ -14,7 +14,6 @@ import re
 import sys
 import threading
 import weakref
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tifffile
+
+from .cameras import open_camera_file
+from .frames import FrameReader, StackError
 
 if TYPE_CHECKING:
     import dask.array
@@ -38,10 +40,6 @@ _COLOUR_PHOTOMETRICS = {
 }
 
 _STACK_SOURCES = "load a multi-page TIFF, a folder of TIFF frames or an array (frames, y, x)"
-
-
-class StackError(ValueError):
-    """A stack cannot be read or written; the message says why and what to do."""
 
 
 def is_dask_array(x: Any) -> bool:
@@ -99,8 +97,10 @@ def read_stack(source: Any, name: str = "stack") -> dask.array.Array:
     source : str, Path or array_like
         A multi-page TIFF (BigTIFF, ImageJ hyperstacks and compressed pages included), a
         folder of single-frame TIFFs (read in natural order: ``frame2`` before
-        ``frame10``), a ``.zarr`` array, or an array ``(frames, y, x)`` (numpy, dask, or
-        anything with ``shape``, ``dtype`` and slicing). Singleton axes besides ``y, x``
+        ``frame10``), a ``.zarr`` array, a camera's own file (a Photron ``.cih``/``.mraw``
+        recording, or an HDF5/NeXus file: ``scan.h5`` or ``scan.h5::/entry/data/data``;
+        :mod:`.cameras`), or an array ``(frames, y, x)`` (numpy, dask, or anything with
+        ``shape``, ``dtype`` and slicing). Singleton axes besides ``y, x``
         are dropped, so ``(frames, 1, y, x)`` is accepted.
     name : str
         What the stack is, for error messages (e.g. ``"LR stack"``).
@@ -119,7 +119,8 @@ def read_stack(source: Any, name: str = "stack") -> dask.array.Array:
         frames, or of an unsupported dtype.
     """
     if isinstance(source, (str, os.PathLike)):
-        source = _open_path(Path(source).expanduser(), name)
+        camera = open_camera_file(source, name)
+        source = camera if camera is not None else _open_path(Path(source).expanduser(), name)
     elif not is_dask_array(source) and not (hasattr(source, "shape") and hasattr(source, "dtype")):
         source = np.asarray(source)
     return _as_frames(source, name)
@@ -397,49 +398,7 @@ def _open_tiff(path: Path, name: str) -> Any:
     return _ContiguousTiff(path, name, (n, y, x), dtype, info.dataoffset)
 
 
-class _FrameReader(ABC):
-    """Frames of a file stack, read on demand; dask reads it like an array.
-
-    Subclasses set ``path``, ``name``, ``shape`` and ``dtype`` and implement ``_frame``.
-    """
-
-    path: Path
-    name: str
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    ndim = 3
-
-    @abstractmethod
-    def _frame(self, index: int) -> np.ndarray:
-        """Frame ``index`` as a ``(y, x)`` array."""
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        # The first index picks frames (an int, slice or list after dask's slice fusion);
-        # only those frames are read, then the rest of the key applies to them.
-        key = key if isinstance(key, tuple) else (key,)
-        picked = np.arange(len(self))[key[0]]
-        if picked.ndim == 0:
-            return self._read(int(picked))[key[1:]]
-        frames = [self._read(int(i)) for i in picked]
-        data = np.stack(frames) if frames else np.empty((0, *self.shape[1:]), self.dtype)
-        return data[(slice(None), *key[1:])]
-
-    def _read(self, index: int) -> np.ndarray:
-        try:
-            return self._frame(index)
-        except StackError:
-            raise
-        except Exception as err:
-            raise StackError(
-                f"{self.name} frame {index} could not be read from {self.path} ({err}); the "
-                "file may be truncated or corrupt: re-copy or re-export it."
-            ) from err
-
-
-class _ContiguousTiff(_FrameReader):
+class _ContiguousTiff(FrameReader):
     """A TIFF whose uncompressed frames are stored back to back: one plain read per frame.
 
     Reading at a computed offset is the fastest way to get a frame. It is used rather than
@@ -465,7 +424,7 @@ class _ContiguousTiff(_FrameReader):
         return frame.reshape(self.shape[1:])
 
 
-class _TiffPages(_FrameReader):
+class _TiffPages(FrameReader):
     """A multi-page TIFF read one page at a time through one shared file handle.
 
     The handle is opened on the first read (in each process, when the dask graph is
@@ -501,7 +460,7 @@ class _TiffPages(_FrameReader):
         return page.asarray().reshape(self.shape[1:])
 
 
-class _TiffFolder(_FrameReader):
+class _TiffFolder(FrameReader):
     """A folder of single-frame TIFFs, one file per frame in natural sort order."""
 
     def __init__(self, path: Path, name: str):
