@@ -93,7 +93,7 @@ def _add_stack_inputs(parser: argparse.ArgumentParser, output_help: str | None =
     """The LR and HR stacks, the output (if any), the time model and the cameras'
     registration, shared by the commands that read a recording."""
     parser.add_argument("lr", help="LR stack: multi-page TIFF, folder of TIFF frames, Photron "
-                        ".cih/.mraw, or HDF5 (file.h5 or file.h5::/path/to/data)")
+                        ".cih/.mraw, Phantom .cine, or HDF5 (file.h5 or file.h5::/path/to/data)")
     parser.add_argument("hr", help="HR keyframes, in the same forms")
     if output_help is not None:
         parser.add_argument("-o", "--output", required=True, help=output_help)

@@ -64,6 +64,63 @@ def test_broken_mraw_recordings_are_named(tmp_path):
         read_stack(tmp_path / "colour.cih")
 
 
+# -- Phantom CINE ---------------------------------------------------------------------
+
+
+def write_cine(path, data, rate, first_image, annotation=8, bottom_up=True, compression=0):
+    """A CINE file laid out as the format documents it (the structure offsets were checked
+    against pycine's definitions): header, bitmap header, SETUP with the frame rate at byte
+    768, the image offset table, then per frame an annotation block and the pixels."""
+    import struct
+
+    n, h, w = data.shape
+    setup = bytearray(12432)
+    setup[768:772] = struct.pack("<I", rate)
+    off_bitmap, off_setup = 44, 84
+    off_table = off_setup + len(setup)
+    frame_bytes = h * w * data.dtype.itemsize
+    first = off_table + 8 * n
+    offsets = [first + i * (annotation + frame_bytes) for i in range(n)]
+    with open(path, "wb") as f:
+        f.write(struct.pack("<2sHHHiIiIIIIII", b"CI", 44, compression, 1, first_image, n,
+                            first_image, n, off_bitmap, off_setup, off_table, 0, 0))
+        f.write(struct.pack("<IiiHHIIiiII", 40, w, h if bottom_up else -h, 1,
+                            8 * data.dtype.itemsize, 0, frame_bytes, 0, 0, 0, 0))
+        f.write(setup)
+        f.write(np.asarray(offsets, "<i8").tobytes())
+        for frame in data:
+            f.write(struct.pack("<I", annotation) + b"\0" * (annotation - 8))
+            f.write(struct.pack("<I", frame_bytes))
+            f.write((frame[::-1] if bottom_up else frame).tobytes())
+
+
+@pytest.mark.parametrize("dtype, bottom_up", [(np.uint16, True), (np.uint8, False)])
+def test_cine_frames_and_timing(tmp_path, dtype, bottom_up):
+    data = frames(high=255 if dtype == np.uint8 else 4095).astype(dtype)
+    path = tmp_path / "phantom.cine"
+    write_cine(path, data, rate=250_000, first_image=-3, annotation=24, bottom_up=bottom_up)
+    stack = read_stack(path, name="HR stack")
+    assert stack.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(stack), data)
+    assert open_camera_file(path, "HR stack").timing == CameraTiming(250_000, -3 / 250_000)
+
+
+def test_broken_cine_files_are_named(tmp_path):
+    data = frames()
+    path = tmp_path / "cut.cine"
+    write_cine(path, data, rate=1000, first_image=0)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 100)
+    with pytest.raises(StackError, match="holds 4 whole frames of the 5 .* truncated"):
+        read_stack(path)
+    write_cine(tmp_path / "packed.cine", data, rate=1000, first_image=0, compression=1)
+    with pytest.raises(StackError, match="packed or compressed frames"):
+        read_stack(tmp_path / "packed.cine")
+    (tmp_path / "fake.cine").write_bytes(b"not a cine file at all" * 3)
+    with pytest.raises(StackError, match="not a Phantom CINE file"):
+        read_stack(tmp_path / "fake.cine")
+
+
 # -- HDF5 / NeXus ---------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The files high-speed cameras write: Photron MRAW/CIH recordings and HDF5/NeXus datasets.
+"""The files high-speed cameras write: Photron MRAW/CIH, Phantom CINE and HDF5/NeXus.
 
 Both are read lazily, one frame at a time, like TIFF stacks (:func:`napari_xfusion.io.
 read_stack` dispatches here by suffix):
@@ -8,19 +8,25 @@ read_stack` dispatches here by suffix):
   pixels in three bytes. Give the ``.cih``, ``.cihx`` or ``.mraw`` path; the header must sit
   beside the frames under the same name. Written here from the header's description; the
   tests check it against files written by ``pyMRAW``.
+* **Phantom CINE** -- the Phantom cameras' ``.cine`` files, uncompressed 8 or 16 bits per
+  pixel (packed 10/12-bit files are refused with the fix). Read from the file's documented
+  headers (CINEFILEHEADER, BITMAPINFOHEADER, the SETUP block's frame rate and the image
+  offset table); the tests write files to that layout, which was checked against
+  ``pycine``'s structure definitions.
 * **HDF5 / NeXus** -- a 3-D dataset ``(frames, y, x)`` in a ``.h5``, ``.hdf5``, ``.nxs`` or
   ``.nx5`` file: ``file.h5::/entry/data/data`` names the dataset, or the file's only 3-D
   dataset is taken. Needs ``h5py`` (``pip install "napari-xfusion[cameras]"``);
   ``hdf5plugin`` adds the compression filters cameras use.
 
 :func:`camera_timing` reads a recording's frame rate and the time of its first frame
-relative to the trigger where the file records them (MRAW headers do), and
+relative to the trigger where the file records them (MRAW and CINE headers do), and
 :func:`propose_time_model` turns two of those into a keyframe spacing and offset.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 import threading
 import weakref
 from dataclasses import dataclass
@@ -35,10 +41,12 @@ __all__ = ["CAMERA_SUFFIXES", "CameraTiming", "camera_timing", "open_camera_file
 
 #: Suffixes of a Photron recording's header and frames.
 MRAW_SUFFIXES = (".cih", ".cihx", ".mraw")
+#: Suffix of Phantom recordings.
+CINE_SUFFIXES = (".cine",)
 #: Suffixes of HDF5 files (NeXus included).
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5")
 #: Every suffix :func:`open_camera_file` reads.
-CAMERA_SUFFIXES = MRAW_SUFFIXES + HDF5_SUFFIXES
+CAMERA_SUFFIXES = MRAW_SUFFIXES + CINE_SUFFIXES + HDF5_SUFFIXES
 #: Separates an HDF5 file from the dataset inside it: ``scan.h5::/entry/data/data``.
 DATASET_SEPARATOR = "::"
 
@@ -70,6 +78,8 @@ def open_camera_file(source: str | Path, name: str):
     suffix = path.suffix.lower()
     if suffix in MRAW_SUFFIXES:
         return _MRAWFrames(path, name)
+    if suffix in CINE_SUFFIXES:
+        return _CineFrames(path, name)
     if suffix in HDF5_SUFFIXES:
         return _HDF5Frames(path, None, name)
     return None
@@ -196,6 +206,82 @@ def _mraw_timing(cih: dict[str, str]) -> CameraTiming | None:
     except ValueError:
         start = 0
     return CameraTiming(rate=rate, first_frame=start / rate)
+
+
+# -- Phantom CINE ---------------------------------------------------------------------
+
+#: CINEFILEHEADER: Type, Headersize, Compression, Version, FirstMovieImage,
+#: TotalImageCount, FirstImageNo, ImageCount, OffImageHeader, OffSetup, OffImageOffsets,
+#: TriggerTime (fractions, seconds).
+CINE_HEADER = struct.Struct("<2sHHHiIiIIIIII")
+#: BITMAPINFOHEADER: biSize, biWidth, biHeight, biPlanes, biBitCount, biCompression, ...
+CINE_BITMAP = struct.Struct("<IiiHHIIiiII")
+#: Byte offset of the frame rate (uint32, frames/s) in the SETUP block.
+CINE_SETUP_FRAME_RATE = 768
+
+
+class _CineFrames(FrameReader):
+    """A Phantom recording: frames at the offsets of the file's image table."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path, self.name = path, name
+        if not path.is_file():
+            raise StackError(f"{name}: {path} does not exist; check the path.")
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(CINE_HEADER.size)
+            if len(head) < CINE_HEADER.size or head[:2] != b"CI":
+                raise StackError(f"{name}: {path} is not a Phantom CINE file (no 'CI' header).")
+            fields = CINE_HEADER.unpack(head)
+            compression, first_image, count = fields[2], fields[6], fields[7]
+            off_bitmap, off_setup, off_table = fields[8], fields[9], fields[10]
+            f.seek(off_bitmap)
+            bitmap = CINE_BITMAP.unpack(f.read(CINE_BITMAP.size))
+            f.seek(off_setup + CINE_SETUP_FRAME_RATE)
+            rate = struct.unpack("<I", f.read(4))[0]
+            f.seek(off_table)
+            table = f.read(8 * count)
+        width, height, bits, packed = bitmap[1], bitmap[2], bitmap[4], bitmap[5]
+        if compression or packed:
+            raise StackError(
+                f"{name}: {path} holds packed or compressed frames; save the recording "
+                "uncompressed (16 bits per pixel) from the camera software."
+            )
+        if bits not in (8, 16):
+            raise StackError(f"{name}: {path} has {bits}-bit pixels; 8 and 16 are read.")
+        if len(table) < 8 * count:
+            raise StackError(
+                f"{name}: {path} is truncated inside its image table; copy it again."
+            )
+        self.offsets = np.frombuffer(table, "<i8")
+        self.dtype = np.dtype(np.uint8 if bits == 8 else "<u2")
+        # Rows stored bottom-up unless the height is negative, as in a Windows bitmap.
+        self.bottom_up = height > 0
+        self.shape = (count, abs(height), width)
+        frame_bytes = abs(height) * width * self.dtype.itemsize
+        if count and self.offsets[-1] + frame_bytes > size:
+            whole = int(np.sum(self.offsets + frame_bytes <= size))
+            raise StackError(
+                f"{name}: {path} holds {whole} whole frames of the {count} its header "
+                "promises: the file is truncated; copy it again."
+            )
+        self.timing = CameraTiming(rate, first_image / rate) if rate > 0 else None
+
+    def _frame(self, index: int) -> np.ndarray:
+        count = self.shape[1] * self.shape[2]
+        with open(self.path, "rb") as f:
+            f.seek(int(self.offsets[index]))
+            # The annotation block (its size first) comes before the pixels.
+            annotation = struct.unpack("<I", f.read(4))[0]
+            f.seek(int(self.offsets[index]) + annotation)
+            frame = np.fromfile(f, dtype=self.dtype, count=count)
+        if frame.size != count:
+            raise StackError(
+                f"{self.name} frame {index} is cut short in {self.path}: the file is "
+                "truncated; copy it again."
+            )
+        frame = frame.reshape(self.shape[1:])
+        return (frame[::-1] if self.bottom_up else frame).astype(self.dtype.newbyteorder("="))
 
 
 # -- HDF5 / NeXus ---------------------------------------------------------------------
