@@ -39,7 +39,7 @@ def main(path: str) -> None:
     fusion.start()
     wait_until(lambda: fusion.worker is None)
     for layer in viewer.layers:
-        layer.visible = layer.name.startswith("Fused")
+        layer.visible = "fused (" in layer.name
     viewer.dims.set_point(0, 17)
     viewer.window.resize(1500, 1050)
     wait_until(lambda: True)

@@ -117,3 +117,11 @@ def test_rejects_impossible_settings():
         keyframe_count(10, TimeModel(spacing=2, offset=12))
     with pytest.raises(IndexError):
         simulated(10, 2).inputs(10)
+
+
+def test_a_spacing_that_leaves_most_keyframes_outside_is_flagged():
+    # 48 LR frames and 5 keyframes every 60 frames: only the first lies inside.
+    timeline = Timeline(n_lr=48, n_hr=5, model=TimeModel(spacing=60))
+    [warning] = timeline.warnings()
+    assert "only 1 of the 5 HR keyframes fall inside the 48 LR frames" in warning
+    assert Timeline(n_lr=48, n_hr=5, model=TimeModel(spacing=10)).warnings() == []

@@ -178,10 +178,13 @@ def _open_recording(args: argparse.Namespace):
     from .pipeline import prepare_inputs
 
     registration = _registration(args)
-    return prepare_inputs(
+    inputs = prepare_inputs(
         args.lr, args.hr, _time_model(args, registration), hr_full_rate=args.hr_full_rate,
         registration=registration,
     )
+    for line in inputs.timeline.warnings():
+        print(f"warning: {line}", file=sys.stderr)
+    return inputs
 
 
 def _frames(spec: str | None) -> list[int] | None:

@@ -108,6 +108,22 @@ class Timeline:
         """LR times of all HR keyframes, shape ``(M,)``."""
         return self.model.offset + self.model.spacing * np.arange(self.n_hr)
 
+    def warnings(self) -> list[str]:
+        """Settings that are legal but probably wrong, each in a sentence with the fix.
+
+        Most keyframes outside the LR sequence (a spacing or offset that does not fit the
+        recording): fusion runs, but every output is bridged by far-away keyframes.
+        """
+        times = self.keyframe_times
+        inside = int(np.count_nonzero((times >= 0) & (times < self.n_lr)))
+        if 2 * inside < self.n_hr:
+            return [
+                f"only {inside} of the {self.n_hr} HR keyframes fall inside the {self.n_lr} LR "
+                f"frames with spacing {self.model.spacing} and offset {self.model.offset}: "
+                "check the frame-rate ratio (spacing) and the trigger offset."
+            ]
+        return []
+
     def keyframe_mask(self) -> np.ndarray:
         """Boolean mask over LR times, shape ``(N,)``: True where an HR frame was taken."""
         mask = np.zeros(self.n_lr, dtype=bool)

@@ -58,11 +58,18 @@ def test_reader_opens_camera_files(tmp_path):
     assert get_reader(str(tmp_path / "shot.cih")) is not None
 
 
-def test_reader_reports_bad_files_clearly(tmp_path):
-    bad = tmp_path / "rgb.tif"
-    tifffile.imwrite(bad, np.zeros((8, 9, 3), np.uint8), photometric="rgb")
+def test_ordinary_images_are_left_to_napari_and_bad_stacks_explained(tmp_path):
+    # 2-D and colour images are not stacks: napari's own reader opens them without asking.
+    image, rgb = tmp_path / "photo.tif", tmp_path / "rgb.tif"
+    tifffile.imwrite(image, np.zeros((8, 9), np.uint16))
+    tifffile.imwrite(rgb, np.zeros((8, 9, 3), np.uint8), photometric="rgb")
+    assert get_reader(str(image)) is None and get_reader(str(rgb)) is None
+    # A damaged stack is claimed, so that reading it says what is wrong.
+    bad = tmp_path / "cut.tif"
+    tifffile.imwrite(bad, np.zeros((6, 32, 32), np.uint16), photometric="minisblack")
+    bad.write_bytes(bad.read_bytes()[:3000])
     reader = get_reader(str(bad))
-    with pytest.raises(ValueError, match="grayscale"):
+    with pytest.raises(ValueError, match="truncated"):
         reader(str(bad))
 
 

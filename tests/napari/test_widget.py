@@ -101,7 +101,7 @@ def test_fuses_into_a_layer_and_a_file(dock, qtbot, tmp_path, small_experiment):
     output = tmp_path / "fused.tif"
     widget.output.value = str(output)
     run(qtbot, widget)
-    layer = viewer.layers["Fused (EDVR-STF)"]
+    layer = viewer.layers["LR stream fused (EDVR-STF)"]
     record = layer.metadata[RECORD_KEY]
     n = len(small_experiment.lr)
     assert record.done == set(range(n))
@@ -122,16 +122,66 @@ def test_rerunning_replaces_the_result_layer(dock, qtbot):
     viewer, widget = dock
     widget.method.value = "bicubic"
     run(qtbot, widget)
-    first = viewer.layers["Fused (Bicubic interpolation)"]
+    first = viewer.layers["LR stream fused (Bicubic interpolation)"]
     run(qtbot, widget)
     names = [layer.name for layer in viewer.layers]
-    assert names.count("Fused (Bicubic interpolation)") == 1
-    assert viewer.layers["Fused (Bicubic interpolation)"] is not first
+    assert names.count("LR stream fused (Bicubic interpolation)") == 1
+    assert viewer.layers["LR stream fused (Bicubic interpolation)"] is not first
     widget.method.value = "transfer"
     run(qtbot, widget)
-    assert {"Fused (Bicubic interpolation)", "Fused (Detail transfer)"} <= {
+    assert {"LR stream fused (Bicubic interpolation)", "LR stream fused (Detail transfer)"} <= {
         layer.name for layer in viewer.layers
     }
+
+
+def test_another_datasets_result_is_never_replaced(dock, qtbot, small_experiment):
+    viewer, widget = dock
+    widget.method.value = "bicubic"
+    run(qtbot, widget)
+    first = viewer.layers["LR stream fused (Bicubic interpolation)"]
+    # A second experiment, with its own name and no ground truth of the first one's length.
+    viewer.add_image(small_experiment.lr[:10].copy(), name="scan42 lr")
+    viewer.add_image(small_experiment.hr[:2].copy(), name="scan42 hr")
+    widget.lr.value, widget.hr.value = viewer.layers["scan42 lr"], viewer.layers["scan42 hr"]
+    assert widget.truth.value is None  # the first experiment's truth no longer applies
+    run(qtbot, widget)
+    assert viewer.layers["LR stream fused (Bicubic interpolation)"] is first
+    assert viewer.layers["scan42 lr fused (Bicubic interpolation)"].data.shape[0] == 10
+
+
+def test_deleting_the_result_layer_stops_the_run(dock, qtbot):
+    viewer, widget = dock
+    widget.start()
+    qtbot.waitUntil(lambda: widget.result_layer is not None
+                    and len(widget.result_layer.metadata[RECORD_KEY].done) >= 1,
+                    timeout=WAIT_MS)
+    viewer.layers.remove(widget.result_layer)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert "cancelled after" in widget.message.value
+
+
+def test_closing_the_dock_while_fusing_stops_the_work_cleanly(dock, qtbot, tmp_path):
+    viewer, widget = dock
+    output = tmp_path / "fused.tif"
+    widget.output.value = str(output)
+    widget.start()
+    worker = widget.worker
+    qtbot.waitUntil(lambda: widget.result_layer is not None, timeout=WAIT_MS)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.window.remove_dock_widget("all")  # the dock's widgets are deleted
+    widget.native.deleteLater()
+    # The worker stops at its next frame; nothing reaches the deleted widgets (pytest-qt
+    # would fail the test on an exception in a Qt slot), and the frames made are kept.
+    qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
+    assert (tmp_path / "fused.incomplete.tif").exists() and not output.exists()
+
+
+def test_a_spacing_that_leaves_most_keyframes_outside_runs_but_says_so(dock):
+    viewer, widget = dock
+    widget.spacing.value = 60
+    assert widget.run_button.enabled
+    assert "only 1 of the 4 HR keyframes fall inside the 16 LR frames" in widget.message.value
 
 
 def test_cancel_stops_after_the_current_frame_and_keeps_what_was_written(dock, qtbot, tmp_path):
@@ -141,7 +191,7 @@ def test_cancel_stops_after_the_current_frame_and_keeps_what_was_written(dock, q
     widget.start()
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
-    record = viewer.layers["Fused (EDVR-STF)"].metadata[RECORD_KEY]
+    record = viewer.layers["LR stream fused (EDVR-STF)"].metadata[RECORD_KEY]
     assert record.done == {0}
     assert not output.exists()
     kept = tmp_path / "fused.incomplete.tif"
@@ -170,7 +220,7 @@ def test_fused_layer_renders(make_napari_viewer, small_experiment, tiny_weights,
     widget.method.value = "bicubic"
     run(qtbot, widget)
     for layer in viewer.layers:
-        layer.visible = layer.name.startswith("Fused")
+        layer.visible = "fused (" in layer.name
     viewer.dims.set_point(0, 3)
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot[..., :3].std() > 5  # the fused frame really drew
@@ -257,7 +307,7 @@ def test_registering_two_cameras_lets_them_fuse(make_napari_viewer, qtbot):
     np.testing.assert_allclose(world[1:], 4 * true.to_lr([149.5, 239.5]) + 1.5, atol=0.2)
     widget.method.value = "transfer"
     run(qtbot, widget)
-    fused = viewer.layers["Fused (Detail transfer)"]
+    fused = viewer.layers["LR stream fused (Detail transfer)"]
     y0, y1, x0, x1 = widget.registration.crop
     assert fused.data.shape == (21, 4 * (y1 - y0), 4 * (x1 - x0))
     # Choosing another HR layer drops the registration that was made for the old one.

@@ -6,35 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..io import TIFF_SUFFIXES, read_stack
-from ..io.cameras import CAMERA_SUFFIXES
+from ..io import is_stack, read_stack
 
 LayerData = list[tuple]
 
 
-def _is_tiff_folder(path: Path) -> bool:
-    return path.is_dir() and any(
-        p.suffix.lower() in TIFF_SUFFIXES for p in path.iterdir() if p.is_file()
-    )
-
-
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] | None:
-    """The reader for ``path`` if it is a TIFF file, a folder of TIFF frames or a camera
-    file, else None.
+    """The reader for ``path`` if it is a stack of frames (a TIFF stack, a folder of TIFF
+    frames, a camera file), else None.
 
-    Never raises: napari asks every plugin about every file, and a file this reader does
-    not handle is simply not claimed.
+    Never raises: napari asks every plugin about every file. A 2-D TIFF image is left to
+    napari's own reader, so that opening an ordinary image asks nothing.
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    try:
-        ok = all(
-            Path(p).suffix.lower() in (*TIFF_SUFFIXES, *CAMERA_SUFFIXES)
-            or _is_tiff_folder(Path(p))
-            for p in paths
-        )
-    except OSError:
-        return None
-    return read_layers if ok and paths else None
+    return read_layers if paths and all(is_stack(p) for p in paths) else None
 
 
 def read_layers(path: str | list[str]) -> LayerData:

@@ -58,6 +58,38 @@ STREAMING_CACHE = 2**30
 PROGRESS_INTERVAL = 0.2
 
 
+class _Background:
+    """The running worker and its stop flag, kept apart from the widget.
+
+    When the dock (or the viewer) closes, its Qt objects are deleted while a worker may
+    still run; the worker's next signal would then reach deleted widgets and abort Python.
+    :meth:`stop` is connected to the dock's ``destroyed`` signal: it stops the work at the
+    next frame and cuts the worker off from the widget first.
+    """
+
+    def __init__(self) -> None:
+        self.worker = None
+        self.handlers: dict = {}
+        self.stop_event = threading.Event()
+
+    def start(self, worker, handlers: dict, stop_event: threading.Event) -> None:
+        self.worker, self.handlers, self.stop_event = worker, handlers, stop_event
+        worker.start()
+
+    def stop(self, *_) -> None:
+        self.stop_event.set()
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return
+        # Only the dock's own slots: napari's task bookkeeping stays connected.
+        for name, handler in self.handlers.items():
+            try:
+                getattr(worker, name).disconnect(handler)
+            except (TypeError, RuntimeError):  # already gone
+                pass
+        worker.quit()
+
+
 class _Lines(QObject):
     """Carries report lines from a worker thread to the GUI thread."""
 
@@ -77,6 +109,7 @@ class FusionWidget(Container):
         self.viewer = napari_viewer
         self.worker = None
         self.result_layer = None
+        self._warnings: list[str] = []
         self._plan: FusionPlan | None = None
         self._failed = False
         self._stop = threading.Event()
@@ -146,8 +179,11 @@ class FusionWidget(Container):
         self.register_button.changed.connect(self.start_registration)
         for choice in (self.lr, self.hr):
             choice.changed.connect(self._forget_registration)
+            choice.changed.connect(self._on_dataset_changed)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
+        self._background = _Background()
+        self.native.destroyed.connect(self._background.stop)
         self._read_time_model()
         self._on_change()
 
@@ -169,13 +205,35 @@ class FusionWidget(Container):
             elif self.hr.value is None and ("keyframe" in name or "hr" in name.split()):
                 if "truth" not in name:
                     self.hr.value = layer
-            if self.truth.value is None and "truth" in name:
+        self._guess_truth()
+
+    def _guess_truth(self) -> None:
+        """A ground truth with one frame per LR frame, named so, if there is one."""
+        lr = self.lr.value
+        if self.truth.value is not None or lr is None:
+            return
+        for layer in self.viewer.layers:
+            if "truth" in layer.name.lower() and layer.data.shape[0] == lr.data.shape[0]:
                 self.truth.value = layer
+                return
 
     def _on_layers_changed(self, event=None) -> None:
+        removed = getattr(event, "type", None) == "removed"
+        if removed and self.worker is not None and event.value is self.result_layer:
+            # The layer the run fills is gone: stop the run rather than fuse into nothing.
+            self.cancel()
+            self._say("the result layer was deleted: the run stops after the current frame.")
         self.reset_choices()
         self._guess_layers()
         self._on_change()
+
+    def _on_dataset_changed(self, *_) -> None:
+        """Another LR or HR layer: a ground truth chosen for the old one no longer applies."""
+        truth = self.truth.value
+        lr = self.lr.value
+        if truth is not None and lr is not None and truth.data.shape[0] != lr.data.shape[0]:
+            self.truth.value = None
+        self._guess_truth()
 
     def _read_time_model(self, *_) -> None:
         """Take spacing, offset and scale from an HR layer that records its time model."""
@@ -227,7 +285,7 @@ class FusionWidget(Container):
         n_hr = hr.data.shape[0]
         if self.full_rate.value:
             n_hr = len(full_rate_selection(n_lr, n_hr, time_model))
-        Timeline(n_lr, n_hr, time_model)
+        self._warnings = Timeline(n_lr, n_hr, time_model).warnings()
         if truth is not None and tuple(truth.data.shape) != (n_lr, *frame_shape):
             raise ValueError(
                 f"the ground truth {truth.name!r} has shape {truth.data.shape}, not one HR frame "
@@ -269,10 +327,12 @@ class FusionWidget(Container):
             return
         self._place_layers(plan.time_model)
         registered = " (registered cameras)" if plan.registration is not None else ""
-        self._say(
-            f"ready: {plan.n_frames} frames of {plan.frame_shape[1]}x{plan.frame_shape[0]}"
-            f"{registered}"
-        )
+        ready = (f"ready: {plan.n_frames} frames of {plan.frame_shape[1]}x"
+                 f"{plan.frame_shape[0]}{registered}")
+        if self._warnings:
+            self._say(f"{ready}, but {' '.join(self._warnings)}", error=True)
+        else:
+            self._say(ready)
         self.run_button.enabled = self.assess_button.enabled = True
         self.calibrate_button.enabled = plan.method == "stf"
 
@@ -361,7 +421,7 @@ class FusionWidget(Container):
         connect = {"errored": self._on_error, **handlers}
         self.worker = thread_worker(work, start_thread=False, connect=connect)(*args)
         self._set_running(True)
-        self.worker.start()
+        self._background.start(self.worker, connect, self._stop)
 
     def start(self) -> None:
         """Start fusing with the current settings (a no-op while a run is going)."""
@@ -402,10 +462,15 @@ class FusionWidget(Container):
     def _record(self) -> FusionRecord:
         return self.result_layer.metadata[RECORD_KEY]
 
+    def result_name(self) -> str:
+        """The result layer's name: the LR layer's and the method's, so that fusing another
+        dataset (or with another method) never replaces this one's result."""
+        return f"{self.lr.value.name} fused ({method_labels()[self._plan.method]})"
+
     def _add_result_layer(self, timeline: Timeline) -> None:
         plan, hr = self._plan, self.hr.value
         label = method_labels()[plan.method]
-        name = f"Fused ({label})"
+        name = self.result_name()
         per_frame = plan.frame_shape[0] * plan.frame_shape[1] * np.dtype(hr.data.dtype).itemsize
         capacity = None if plan.output is None else max(STREAMING_CACHE // per_frame, 1)
         data = ResultStack((plan.n_frames, *plan.frame_shape), hr.data.dtype, capacity)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tifffile
 
-from .cameras import open_camera_file
+from .cameras import CAMERA_SUFFIXES, DATASET_SEPARATOR, open_camera_file
 from .frames import FrameReader, StackError
 
 if TYPE_CHECKING:
@@ -124,6 +124,36 @@ def read_stack(source: Any, name: str = "stack") -> dask.array.Array:
     elif not is_dask_array(source) and not (hasattr(source, "shape") and hasattr(source, "dtype")):
         source = np.asarray(source)
     return _as_frames(source, name)
+
+
+def is_stack(path: str | os.PathLike) -> bool:
+    """Whether :func:`read_stack` opens ``path`` as a stack of frames, judged from names and
+    headers only (nothing else is read); never raises.
+
+    A 2-D image or a colour TIFF is not a stack; a camera file, a folder of TIFF frames or
+    a zarr array is. A damaged TIFF counts as a stack, so that reading it says what is
+    wrong.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in CAMERA_SUFFIXES or DATASET_SEPARATOR in str(path):
+            return True
+        if path.is_dir():
+            return _is_zarr_store(path) or path.suffix.lower() == ".zarr" or any(
+                f.suffix.lower() in TIFF_SUFFIXES for f in path.iterdir() if f.is_file()
+            )
+        if path.suffix.lower() not in TIFF_SUFFIXES:
+            return False
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            if _is_colour(tif, series):
+                return False
+            shape = tuple(series.shape)
+    except OSError:
+        return False
+    except Exception:  # a damaged TIFF: read_stack will say what is wrong with it
+        return True
+    return len([n for n in shape if n > 1]) >= 3
 
 
 def read_image(source: Any, name: str = "image") -> np.ndarray:
