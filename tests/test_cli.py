@@ -253,3 +253,41 @@ def test_train_defaults_are_the_library_defaults():
     assert (args.iterations, args.out_dir, args.batch_size, args.preset, args.arch,
             args.seed) == (defaults.iterations, defaults.out_dir, defaults.batch_size,
                            defaults.preset, defaults.arch, defaults.seed)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_like_ctrl_c_leaving_a_readable_partial(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from napari_xfusion.io import incomplete_path, read_metadata, read_stack
+
+    rng = np.random.default_rng(0)
+    lr, hr = tmp_path / "lr.tif", tmp_path / "hr.tif"
+    tifffile.imwrite(lr, rng.integers(0, 4000, (200, 32, 32), dtype=np.uint16))
+    tifffile.imwrite(hr, rng.integers(0, 4000, (11, 128, 128), dtype=np.uint16))
+    out = tmp_path / "fused.tif"
+    partial = incomplete_path(out)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "napari_xfusion.cli", "fuse", str(lr), str(hr), "-o", str(out),
+         "--spacing", "20", "--method", "stf", "--device", "cpu"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        try:
+            if read_metadata(partial).get("frames_written", 0) >= 3:
+                break
+        except Exception:  # not there yet, or its first page not yet written
+            pass
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err
+    assert "interrupted" in err and "Traceback" not in err
+    meta = read_metadata(partial)
+    assert meta["complete"] is False and meta["frames_written"] >= 3
+    assert read_stack(partial).shape == (meta["frames_written"], 128, 128)
+    assert not out.exists()

@@ -242,3 +242,19 @@ def test_missing_distributed_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"napari-xfusion\[distributed\]"):
         xdist.import_distributed()
+
+
+def test_cluster_runs_are_quiet_unless_verbose(tmp_path, stack_files):
+    import subprocess
+
+    lr, hr, _ = stack_files
+    run = subprocess.run(
+        [sys.executable, "-m", "napari_xfusion.cli", "fuse", str(lr), str(hr), "-o",
+         str(tmp_path / "f.tif"), "--spacing", "5", "--method", "bicubic", "--scheduler",
+         "local", "--workers", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    # The progress bar only: none of dask's connection logs.
+    lines = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith("fusing (bicubic, cluster)") for line in lines), lines

@@ -282,3 +282,12 @@ def test_a_transfer_base_network_gets_its_keyframes_and_positions(small_experime
     np.testing.assert_allclose(np.stack(fused), np.stack(expected), atol=2e-5)
     with pytest.raises(ValueError, match="frame's inputs"):
         engine.fuse_frame(exp.lr[:3], exp.hr[:2])
+
+
+def test_non_finite_network_output_is_an_error_not_a_black_frame():
+    model = tiny()
+    with torch.no_grad():
+        model.conv_last.bias.fill_(float("nan"))
+    lr, hr = inputs(16, 16)
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        Engine(model, cpu()).fuse_frame(lr, hr)

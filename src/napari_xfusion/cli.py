@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 import warnings
@@ -624,14 +625,43 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="xfusion: %(message)s",
     )
+    previous = _terminate_like_interrupt()
     try:
         return args.func(args)
-    except (ValueError, OSError, ImportError) as exc:
+    except _user_errors() as exc:
         print(f"xfusion {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"\nxfusion {args.command}: interrupted.", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that end a command with one line: bad input, files, missing packages, and a
+    cluster that could not finish (only if the cluster module was used)."""
+    errors = (ValueError, OSError, ImportError)
+    cluster = sys.modules.get("napari_xfusion.distributed")
+    return errors + ((cluster.ClusterError,) if cluster is not None else ())
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job): handled as Ctrl-C, so partials stay readable."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM stop the run as Ctrl-C does; returns the previous handler (None when
+    signals cannot be set here, outside the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

@@ -53,10 +53,19 @@ import numpy as np
 from .attention import AttentionLog, attention_csv_path
 from .checks import full_rate_selection
 from .config import EngineConfig, NormalizationConfig, TimeModel
-from .io import check_output_path, incomplete_path, move_into_place, open_writer, read_stack
+from .io import (
+    StackError,
+    check_output_path,
+    incomplete_path,
+    move_into_place,
+    open_writer,
+    read_stack,
+)
+from .io.lock import OutputLock
+from .io.write import claim, file_identity
 from .methods import create_method, method_names
 from .normalize import Normalization
-from .pipeline import FusionResult, output_metadata, prepare_inputs
+from .pipeline import FusionResult, camera_units, output_metadata, prepare_inputs
 from .streaming import FusedFrame, ProgressCallback, output_times
 from .timeline import Timeline
 
@@ -89,7 +98,18 @@ def import_distributed():
         raise ImportError(
             f"fusing on a dask cluster needs the optional distributed package: {_INSTALL_HINT}."
         ) from None
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        # dask's own configuration logs every connection at INFO; unless asked for
+        # (xfusion -v), only what the user must act on is shown, and errors reach the
+        # caller as exceptions.
+        # asyncio reports the client's cancelled gathers after a Ctrl-C the same way.
+        for name in ("distributed", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     return distributed
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not finish a task (a worker died on it again and again)."""
 
 
 @contextlib.contextmanager
@@ -134,8 +154,10 @@ def connect(scheduler: Any, workers: int | None = None) -> Iterator[Any]:
             yield client
         return
     n_workers = workers or _cuda_device_count() or None
+    quiet = not logging.getLogger().isEnabledFor(logging.INFO)
     with distributed.LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True
+        n_workers=n_workers, threads_per_worker=1, processes=True,
+        silence_logs=logging.CRITICAL if quiet else logging.INFO,
     ) as cluster, distributed.Client(cluster) as client:
         log.info("local dask cluster: %d workers, dashboard %s", len(cluster.workers),
                  client.dashboard_link)
@@ -327,7 +349,16 @@ def fuse_distributed(
         done = 0
         try:
             for future in distributed.as_completed(futures):
-                part, chunk_scores = future.result()
+                try:
+                    part, chunk_scores = future.result()
+                except distributed.KilledWorker as err:
+                    raise ClusterError(
+                        f"the workers died {retries + 1} time(s) on chunk {futures[future]} "
+                        f"(frames {bounds[futures[future]][0]}-{bounds[futures[future]][1] - 1}"
+                        "), most often from running out of memory: give them more memory, "
+                        "fewer frames per task (--chunk-frames) or a smaller --tile; run "
+                        "with -v to see the workers' logs."
+                    ) from err
                 index = futures[future]
                 scores[index] = chunk_scores
                 sink.add(index, part, bounds[index])
@@ -366,11 +397,14 @@ class _ZarrSink:
 
         self.output, self.n_frames, self.overwrite = output, n_frames, overwrite
         self.target = incomplete_path(output)
+        self.lock = OutputLock(output)
+        self.lock.acquire()
         # One frame per zarr chunk: tasks never write to the same chunk file.
         self.array = zarr.open_array(
             store=str(self.target), mode="w", shape=(n_frames, *frame_shape),
             chunks=(1, *frame_shape), dtype=dtype,
         )
+        self.identity = claim(self.target)
         self.array.attrs.update({**metadata, "complete": False, "frames_written": 0})
         # Tasks finish out of order: the store records which frames it holds.
         self.written: list[tuple[int, int]] = []
@@ -383,6 +417,12 @@ class _ZarrSink:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._finish(exc_type)
+        finally:
+            self.lock.release()
+
+    def _finish(self, exc_type) -> None:
         if exc_type is not None:
             # As for the streaming writers: bad input leaves nothing behind; after an
             # interruption the frames made so far stay in the store marked incomplete,
@@ -396,6 +436,11 @@ class _ZarrSink:
                     "written_frames": [list(span) for span in spans],
                 })
             return
+        if file_identity(self.target) != self.identity:
+            raise StackError(
+                f"{self.target} was removed or replaced while the workers wrote it, so "
+                f"{self.output} was not created. Run again."
+            )
         self.array.attrs.update({"complete": True, "frames_written": self.n_frames})
         move_into_place(self.target, self.output, self.overwrite)
 
@@ -462,7 +507,7 @@ def _fuse_chunk(
     scores : list of FusedFrame
         The frames that carry attention scores, without their images.
     """
-    lr, hr = _worker_stacks(job, lr_source, hr_source)
+    lr, hr, hr_raw = _worker_stacks(job, lr_source, hr_source)
     method = _worker_method(job.method, job.options)
     if job.zarr:
         import zarr
@@ -487,7 +532,7 @@ def _fuse_chunk(
         for k, frame in enumerate(method.fuse(lr, hr, job.timeline, times)):
             if k >= len(times) or frame.t != times[k]:
                 raise RuntimeError(f"method {job.method!r} fused other frames than asked.")
-            write(k, job.hr_norm.invert(frame.image))
+            write(k, camera_units(frame, job.hr_norm, job.timeline, hr_raw))
             if frame.attention is not None:
                 scores.append(dataclasses.replace(frame, image=empty))
             made += 1
@@ -514,8 +559,9 @@ class _SynchronousStack:
         return np.asarray(self.stack[key].compute(scheduler="synchronous"))
 
 
-def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any]:
-    """The normalized LR and HR stacks of a run, opened once per worker process."""
+def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any, Any]:
+    """The normalized LR and HR stacks of a run, and the HR one in its camera's units,
+    opened once per worker process."""
     with _CACHE.lock:
         stacks = _CACHE.stacks.get(job.run)
         if stacks is not None:
@@ -537,6 +583,7 @@ def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any]
         stacks = (
             _SynchronousStack(job.lr_norm.apply(lr_raw)),
             _SynchronousStack(job.hr_norm.apply(hr_raw)),
+            _SynchronousStack(hr_raw),
         )
         _CACHE.stacks[job.run] = stacks
         while len(_CACHE.stacks) > 2:

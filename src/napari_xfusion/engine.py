@@ -191,7 +191,14 @@ class Engine:
                     )
                 positions = torch.full((len(keys),), float(position), device=self.device)
             out, attention = self.model.fuse_features(features, reference, keyframes, positions)
-        return out[:, 0].float().cpu().numpy(), attention.float().cpu().numpy()
+        image = out[:, 0].float().cpu().numpy()
+        if not np.isfinite(image).all():
+            # Clipping would turn NaN into a plausible-looking black frame.
+            raise ValueError(
+                "the network produced NaN or infinite values: its weights do not suit these "
+                "inputs (or are damaged); try other weights or a classical method."
+            )
+        return image, attention.float().cpu().numpy()
 
     def _to_device(self, frames: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)

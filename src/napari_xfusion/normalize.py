@@ -71,6 +71,13 @@ class Normalization:
             object.__setattr__(self, "curve", (tuple(map(float, xs)), tuple(map(float, ys))))
 
     @property
+    def limits(self) -> tuple[float, float]:
+        """The source values that :meth:`apply` clips at (the curve's ends, if it has one)."""
+        if self.curve is not None:
+            return self.curve[0][0], self.curve[0][-1]
+        return self.low, self.high
+
+    @property
     def _scale(self) -> float:
         return 1.0 / (self.high - self.low) if self.high > self.low else 0.0
 
@@ -124,6 +131,65 @@ class Normalization:
             info = np.iinfo(dtype)
             x = np.clip(np.rint(x), info.min, info.max)
         return x.astype(dtype)
+
+
+#: How close to a clip limit (in [0, 1] units) a fused value counts as clipped.
+CLIP_TOLERANCE = 0.02
+
+
+def restore_clipped(
+    frame: np.ndarray,
+    fused: np.ndarray,
+    keyframes: np.ndarray,
+    position: float,
+    norm: Normalization,
+) -> np.ndarray:
+    """Give back the values the normalization clipped, where the HR camera saw them.
+
+    The networks work on values clipped at the normalization's limits (the 0.35th and
+    99.65th percentiles by default), so a bright, sparse feature above the upper limit comes
+    out at that limit. Where a fused value is at a limit (within :data:`CLIP_TOLERANCE`)
+    and every keyframe that counts at this time (both, between keyframes; the one, at a
+    keyframe's own time) is beyond the same limit -- a feature that stayed put -- the
+    keyframes' own values, interpolated in time, replace it. A feature beyond a limit in
+    only one keyframe moved, so nothing known replaces the limit there.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (H, W)
+        The fused frame in the HR camera's units (``norm.invert(fused)``).
+    fused : ndarray, shape (H, W)
+        The same frame in [0, 1].
+    keyframes : ndarray, shape (2, H, W)
+        The bracketing HR keyframes in the camera's units, unclipped.
+    position : float
+        Where the frame lies between them, 0 at the first and 1 at the second.
+    norm : Normalization
+        The HR stack's normalization.
+
+    Returns
+    -------
+    ndarray
+        ``frame`` with the restored values, same dtype.
+    """
+    low, high = norm.limits
+    weights = (1.0 - position, position)
+    keyframes = np.asarray(keyframes, np.float64)
+    counted = [k for k, w in zip(keyframes, weights, strict=True) if w > 0]
+    blend = weights[0] * keyframes[0] + weights[1] * keyframes[1]
+    above = (fused >= 1.0 - CLIP_TOLERANCE) & np.all([k > high for k in counted], axis=0)
+    below = (fused <= CLIP_TOLERANCE) & np.all([k < low for k in counted], axis=0)
+    restore = above | below
+    if not restore.any():
+        return frame
+    out = frame.copy()
+    dtype = np.dtype(frame.dtype)
+    values = blend[restore]
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    out[restore] = values.astype(dtype)
+    return out
 
 
 def sample_indices(n_frames: int, max_frames: int) -> np.ndarray:

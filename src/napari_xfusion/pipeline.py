@@ -19,12 +19,25 @@ import numpy as np
 from .attention import AttentionLog, attention_csv_path
 from .checks import check_scale, full_rate_selection
 from .config import NoiseConfig, NormalizationConfig, TimeModel
-from .io import BackgroundWriter, check_output_path, open_writer, read_stack
+from .io import (
+    BackgroundWriter,
+    StackError,
+    check_output_path,
+    open_writer,
+    read_stack,
+    source_stamp,
+)
 from .methods import FusionMethod
-from .normalize import Normalization, fit_normalization, match_normalization
+from .normalize import (
+    CLIP_TOLERANCE,
+    Normalization,
+    fit_normalization,
+    match_normalization,
+    restore_clipped,
+)
 from .simulate import bin_frames, noise_b0, noisy_frame
 from .streaming import FusedFrame, MappedFrames, ProgressCallback, output_times
-from .timeline import Timeline, full_rate_keyframes
+from .timeline import Timeline, full_rate_keyframes, keyframe_position
 
 if TYPE_CHECKING:
     from .registration import Registration
@@ -40,10 +53,16 @@ class FusionInputs:
         Normalized float32 stacks in [0, 1], ``(N, h, w)`` and ``(M, s*h, s*w)``.
     timeline : Timeline
     lr_norm, hr_norm : Normalization
-        The mappings from each camera's units to [0, 1]; ``hr_norm.invert`` brings fused
+        The mappings from each camera's units to [0, 1]; :meth:`camera_units` brings fused
         frames back to the HR camera's units.
     registration : Registration or None
         The camera registration the stacks went through (recorded with fused stacks).
+    sources : tuple
+        :func:`~napari_xfusion.io.source_stamp` of the LR and HR files when opened (None for
+        arrays); :meth:`check_unchanged` compares them with the files as they are now.
+    hr_source : dask.array.Array or None
+        The HR keyframes in the camera's units, unclipped (registered, if a registration
+        was given), from which :meth:`camera_units` restores clipped values.
     """
 
     lr: object
@@ -52,6 +71,60 @@ class FusionInputs:
     lr_norm: Normalization
     hr_norm: Normalization
     registration: Registration | None = None
+    sources: tuple = (None, None)
+    hr_source: object = None
+
+    def camera_units(self, frame: FusedFrame) -> np.ndarray:
+        """A fused frame in the HR camera's units and dtype (see :func:`camera_units`)."""
+        return camera_units(frame, self.hr_norm, self.timeline, self.hr_source)
+
+    def check_unchanged(self) -> None:
+        """Refuse when an input file was replaced or rewritten since it was opened.
+
+        Raises
+        ------
+        StackError
+            Naming the file: frames read before and after the change would be mixed.
+        """
+        for stamp in self.sources:
+            if stamp is not None and source_stamp(stamp[0]) != stamp:
+                raise StackError(
+                    f"{stamp[0]} changed while it was being fused (replaced or rewritten), so "
+                    "the output would mix frames of two versions; it was not created. Run "
+                    "again once the file is final."
+                )
+
+
+def camera_units(
+    frame: FusedFrame, hr_norm: Normalization, timeline: Timeline, hr_source=None
+) -> np.ndarray:
+    """A fused frame in the HR camera's units and dtype.
+
+    Values the normalization clipped are given back where the HR camera saw them
+    (:func:`~napari_xfusion.normalize.restore_clipped`); the two keyframes are read only for
+    frames that touch a clip limit.
+
+    Parameters
+    ----------
+    frame : FusedFrame
+        In [0, 1].
+    hr_norm : Normalization
+    timeline : Timeline
+    hr_source : array_like, optional
+        The HR keyframes in the camera's units, unclipped; None only inverts the mapping.
+
+    Returns
+    -------
+    ndarray
+    """
+    image = hr_norm.invert(frame.image)
+    near_limit = (frame.image >= 1.0 - CLIP_TOLERANCE) | (frame.image <= CLIP_TOLERANCE)
+    if hr_source is None or not near_limit.any():
+        return image
+    index = np.searchsorted(timeline.keyframe_times, frame.hr_times)
+    keyframes = np.stack([np.asarray(hr_source[int(j)]) for j in index])
+    position = keyframe_position(frame.t, *frame.hr_times)
+    return restore_clipped(image, frame.image, keyframes, position, hr_norm)
 
 
 def prepare_inputs(
@@ -90,6 +163,7 @@ def prepare_inputs(
     -------
     FusionInputs
     """
+    sources = (source_stamp(lr), source_stamp(hr))
     lr_raw = read_stack(lr, name="LR stack")
     hr_raw = read_stack(hr, name="HR stack")
     if hr_full_rate:
@@ -123,6 +197,8 @@ def prepare_inputs(
         lr_norm=lr_norm,
         hr_norm=hr_norm,
         registration=registration,
+        sources=sources,
+        hr_source=hr_raw,
     )
 
 
@@ -208,7 +284,7 @@ def fuse_iter(
     Yields
     ------
     FusedFrame
-        In the normalized [0, 1] units; ``inputs.hr_norm.invert`` gives camera units.
+        In the normalized [0, 1] units; ``inputs.camera_units`` gives camera units.
     """
     times = output_times(inputs.timeline, frames)
     if output is None:
@@ -230,11 +306,12 @@ def fuse_iter(
         metadata=info,
     )
     # Frames are converted and written in a thread of their own while the next is fused.
-    with BackgroundWriter(stack, convert=inputs.hr_norm.invert) as writer:
+    with BackgroundWriter(stack, convert=inputs.camera_units) as writer:
         for frame in method.fuse(inputs.lr, inputs.hr, inputs.timeline, times, progress):
-            writer.write(frame.image)
+            writer.write(frame)
             log.add(frame)
             yield frame
+        inputs.check_unchanged()
     if len(log):
         log.write_csv(attention_csv_path(output))
 

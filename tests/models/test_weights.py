@@ -232,3 +232,12 @@ def test_check_weights_file_is_the_one_check(tmp_path, monkeypatch):
               str(no_arch), metadata=meta)
     assert check_weights_file(no_arch, "stf", scale=4) == no_arch
     assert load_weights(no_arch).config.arch == "stf"
+
+
+def test_non_finite_weights_are_refused_on_load(tmp_path):
+    model = _model()
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    path = save_weights(model, tmp_path / "diverged.safetensors")
+    with pytest.raises(WeightsError, match="NaN or infinite values in 1 tensor"):
+        load_weights(path)

@@ -93,7 +93,7 @@ def fusion_steps(plan: FusionPlan, stop: threading.Event) -> Iterator[Prepared |
     frames = fuse_iter(inputs, method, plan.output, overwrite=plan.overwrite)
     try:
         for frame in frames:
-            image = inputs.hr_norm.invert(frame.image)
+            image = inputs.camera_units(frame)
             score = None
             if truth is not None:
                 score = psnr(

@@ -96,6 +96,41 @@ class _Lines(QObject):
     line = Signal(str)
 
 
+#: What each setting means, shown when the pointer rests on it (attribute: text).
+_TOOLTIPS = {
+    "lr": "The fast, low-resolution camera's stack: one frame per output time.",
+    "hr": "The slow, high-resolution camera's frames: one every D LR frames.",
+    "full_rate": "For simulations: the HR stack has a frame at every LR time, and only every "
+    "D-th (from the first keyframe) is used, as a real HR camera would give them.",
+    "spacing": "LR frames from one HR keyframe to the next (the ratio of the frame rates).",
+    "offset": "The LR frame taken at the same moment as the first HR keyframe (negative: "
+    "before the LR recording starts).",
+    "separation": "The network sees LR frames t-r, t and t+r; 1 suits most recordings.",
+    "scale": "HR pixels per LR pixel along each axis (after registration).",
+    "method": "How to fuse: the networks (EDVR-STF) or a classical method; 'Assess methods' "
+    "below tells which suits this recording.",
+    "weights": "A .safetensors file from xfusion train or calibration; empty uses the "
+    "bundled weights.",
+    "device": "Where the network runs; auto picks a GPU when there is one.",
+    "tile": "Networks fuse large frames in overlapping tiles; smaller tiles use less memory.",
+    "overlap": "LR pixels shared by neighbouring tiles, blended to hide seams.",
+    "truth": "A full-rate HR stack of the same event (simulations): the dock then reports "
+    "each frame's PSNR.",
+    "output": "Stream the fused frames to this .tif or .zarr as they are made (optional).",
+    "overwrite": "Replace an existing output; also discards the frames of an interrupted run "
+    "to that file.",
+    "calibrate_minutes": "How long to fine-tune the network on this recording's keyframes; a "
+    "few minutes on a laptop.",
+    "calibrate_button": "Fine-tune the network on this recording's keyframes, and say "
+    "whether it helped on keyframes it did not train on.",
+    "assess_button": "Predict each keyframe from its neighbours with every method and rank "
+    "the methods for this recording.",
+    "register_button": "Two separate cameras: find the scale, rotation, mirror and shift "
+    "that map the HR frames onto the LR ones.",
+    "estimate_offset": "Let the registration also choose the first keyframe's LR frame.",
+}
+
+
 class FusionWidget(Container):
     """Dock widget that fuses an LR layer and an HR layer of the viewer.
 
@@ -121,8 +156,8 @@ class FusionWidget(Container):
         self.hr = ComboBox(label="HR keyframes", choices=layers, nullable=True)
         self.full_rate = CheckBox(text="HR stack is full-rate: keep every D-th frame")
         self.spacing = SpinBox(label="keyframe spacing D", value=10, min=1, max=10**7)
-        self.offset = SpinBox(label="keyframe offset", value=0, min=-(10**7), max=10**7)
-        self.separation = SpinBox(label="LR separation r", value=1, min=1, max=100)
+        self.offset = SpinBox(label="first keyframe at LR frame", value=0, min=-(10**7), max=10**7)
+        self.separation = SpinBox(label="LR neighbours ±r (frames)", value=1, min=1, max=100)
         self.scale = SpinBox(label="scale", value=4, min=1, max=16)
         labels = method_labels()
         names = [n for n in METHOD_ORDER if n in labels] + sorted(set(labels) - set(METHOD_ORDER))
@@ -131,8 +166,8 @@ class FusionWidget(Container):
         devices = available_devices()
         self.device = ComboBox(label="device", choices=["auto", *devices])
         self.badge = Label(label="runs on")
-        self.tile = SpinBox(label="tile, LR px (0: auto)", value=0, min=0, max=8192)
-        self.overlap = SpinBox(label="tile overlap, LR px", value=16, min=0, max=512)
+        self.tile = SpinBox(label="tile size, LR pixels (0 = auto)", value=0, min=0, max=8192)
+        self.overlap = SpinBox(label="tile overlap, LR pixels", value=16, min=0, max=512)
         self.truth = ComboBox(label="ground truth (optional)", choices=layers, nullable=True)
         self.output = FileEdit(
             label="output file (optional)", mode="w", filter="*.tif *.tiff *.zarr"
@@ -162,6 +197,8 @@ class FusionWidget(Container):
             self.run_button, self.cancel_button, self.progress, self.speed,
             self.assess_button, self.assessment, self.calibrate_minutes, self.calibrate_button,
         ])
+        for name, text in _TOOLTIPS.items():
+            getattr(self, name).tooltip = text
         self._guess_layers()
 
         settings = [
@@ -352,7 +389,11 @@ class FusionWidget(Container):
         self.badge.native.setStyleSheet(f"color: {colour}; font-weight: bold")
 
     def _say(self, text: str, error: bool = False) -> None:
+        # The library speaks the command line's language; here the flag is a check box.
+        text = text.replace("pass --overwrite", "tick 'replace an existing output file'")
         self.message.value = text
+        # A long message is cut by the dock's width: the whole of it rests on the label.
+        self.message.tooltip = text
         self.message.native.setStyleSheet("color: #e05050" if error else "")
 
     def _place_layers(self, model: TimeModel) -> None:

@@ -21,6 +21,7 @@ from .read import (
     read_image,
     read_metadata,
     read_stack,
+    source_stamp,
 )
 from .write import (
     BackgroundWriter,
@@ -51,5 +52,6 @@ __all__ = [
     "read_image",
     "read_metadata",
     "read_stack",
+    "source_stamp",
     "write_stack",
 ]

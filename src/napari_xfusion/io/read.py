@@ -9,6 +9,8 @@ to read a zarr store.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import sys
@@ -205,15 +207,85 @@ def read_metadata(path: str | Path) -> dict:
     Returns
     -------
     dict
-        The metadata given to the writer, plus ``complete`` and ``frames_written`` (and
-        ``shape`` for TIFFs); empty for TIFFs written by other programs.
+        The metadata given to the writer, plus ``complete`` and ``frames_written`` (for a
+        file a stopped or killed run left, the frames it really holds); TIFFs of earlier
+        versions also carry ``shape``; empty for TIFFs written by other programs.
     """
     path = Path(path)
     if path.suffix.lower() == ".zarr":
         return dict(_open_zarr_array(path, "stack").attrs)
     with tifffile.TiffFile(path) as tif:
+        own = _own_description(tif)
+        if own is not None:
+            if own.get("complete") is False:
+                # Written by a run that was stopped or killed: the pages on disk are the truth.
+                own["frames_written"] = _intact_pages(tif, path)
+            return own
         shaped = tif.shaped_metadata
     return dict(shaped[0]) if shaped else {}
+
+
+def source_stamp(source: Any) -> tuple | None:
+    """What identifies an input file as it is now: path, inode, size and modification time.
+
+    Compare the stamps taken before and after a long run to learn that an input was
+    replaced or rewritten meanwhile. Folders (of frames, or zarr stores) are stamped by
+    their own entry and that of their ``zarr.json``/``.zarray``, if any, which change when
+    files are added, removed or replaced. Arrays give None: they are the caller's to keep.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source).expanduser()
+    entries = [path] + [path / f for f in ("zarr.json", ".zarray") if path.is_dir()]
+    stamps = []
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            continue
+        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return (str(path), tuple(stamps))
+
+
+#: Starts the first page's description of the TIFFs :func:`open_writer` writes. Not plain
+#: JSON: tifffile takes any JSON description with a "shape" key for its own and then reads
+#: the pages as one contiguous block, which these are not.
+DESCRIPTION_PREFIX = "napari-xfusion stack "
+
+
+def _own_description(tif: tifffile.TiffFile) -> dict | None:
+    """The JSON metadata :func:`open_writer` puts in the first page, if this is its file."""
+    description = tif.pages.first.description
+    if not description.startswith(DESCRIPTION_PREFIX):
+        return None
+    try:
+        info = json.loads(description[len(DESCRIPTION_PREFIX):])
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and "complete" in info else None
+
+
+def _intact_pages(tif: tifffile.TiffFile, path: Path) -> int:
+    """Leading pages whose directory and pixels lie wholly in the file.
+
+    A writer killed mid-frame leaves at most one page cut short, the last.
+    """
+    size = path.stat().st_size
+    count = 0
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # the cut directory is expected here, not news
+    try:
+        for page in tif.pages:
+            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)]
+            if not ends or max(ends) > size:
+                break
+            count += 1
+    except Exception:  # noqa: BLE001 - a directory cut short by the kill ends the count
+        pass
+    finally:
+        log.setLevel(level)
+    return count
 
 
 def _stack_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
@@ -289,16 +361,19 @@ def _as_frames(source: Any, name: str) -> dask.array.Array:
 
 
 class _SliceView:
-    """An array seen only through slicing.
+    """An array seen only through slicing, optionally only its first ``frames`` frames.
 
     ``dask.array.from_array`` copies any array that has a ``copy`` method, so a
     memory-mapped file would be read whole into memory on opening and an in-memory stack
     held twice; through this view dask reads the frames where they are, when asked.
     """
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: Any, frames: int | None = None) -> None:
         self.array = array
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, len(array.shape)
+        self.shape, self.dtype = tuple(array.shape), array.dtype
+        if frames is not None:
+            self.shape = (frames, *self.shape[1:])
+        self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> Any:
         return self.array[key]
@@ -317,9 +392,28 @@ def _open_path(path: Path, name: str) -> Any:
         raise StackError(f"{name}: {path} does not exist; check the path.")
     if path.is_dir():
         if path.suffix.lower() == ".zarr" or _is_zarr_store(path):
-            return _open_zarr_array(path, name)
+            return _written_frames(_open_zarr_array(path, name))
         return _TiffFolder(path, name)
     return _open_tiff(path, name)
+
+
+def _written_frames(array: Any) -> Any:
+    """A zarr stack that a stopped or killed run wrote, seen as the frames it finished.
+
+    The streaming writer grows the array before it writes a frame's pixels and counts the
+    frame after, so the count is exact (frames a cluster run wrote out of order are listed
+    in ``written_frames`` instead, and the array is left whole).
+    """
+    attrs = array.attrs
+    count = attrs.get("frames_written")
+    if (
+        attrs.get("complete") is False
+        and "written_frames" not in attrs
+        and isinstance(count, int)
+        and 0 < count < array.shape[0]
+    ):
+        return _SliceView(array, frames=count)
+    return array
 
 
 def _is_zarr_store(path: Path) -> bool:
@@ -352,6 +446,8 @@ class _TiffInfo:
     pages: int
     dataoffset: int | None
     byteorder: str
+    #: Written by open_writer: its pages are the frames, whatever tifffile's series say.
+    by_pages: bool = False
 
 
 def _inspect_tiff(path: Path, name: str) -> _TiffInfo:
@@ -360,6 +456,13 @@ def _inspect_tiff(path: Path, name: str) -> _TiffInfo:
         raise StackError(f"{name}: {path} is empty (0 bytes); re-export or re-copy the file.")
     try:
         with tifffile.TiffFile(path) as tif:
+            own = _own_description(tif)
+            if own is not None:
+                # One frame per page; a stopped or killed run's partial holds its intact ones.
+                first = tif.pages.first
+                n = len(tif.pages) if own.get("complete") else _intact_pages(tif, path)
+                return _TiffInfo((n, *first.shape), first.dtype, n, None, tif.byteorder,
+                                 by_pages=True)
             series = tif.series[0]
             photometric = series.keyframe.photometric
             colour = _is_colour(tif, series)
@@ -418,7 +521,7 @@ def _open_tiff(path: Path, name: str) -> Any:
                 "supported: re-save it with one frame per page (with tifffile: "
                 "photometric='minisblack')."
             )
-        return _TiffPages(path, name, (n, y, x), info.dtype)
+        return _TiffPages(path, name, (n, y, x), info.dtype, info.by_pages)
     dtype = np.dtype(info.dtype).newbyteorder(info.byteorder)
     if info.dataoffset + n * y * x * dtype.itemsize > path.stat().st_size:
         raise StackError(
@@ -461,24 +564,29 @@ class _TiffPages(FrameReader):
     shipped to workers) and shared by dask's threads under the handle's lock.
     """
 
-    def __init__(self, path: Path, name: str, shape: tuple[int, int, int], dtype: np.dtype):
+    def __init__(self, path: Path, name: str, shape: tuple[int, int, int], dtype: np.dtype,
+                 by_pages: bool = False):
         self.path, self.name, self.shape, self.dtype = path, name, shape, np.dtype(dtype)
-        self._series: tifffile.TiffPageSeries | None = None
+        # Our own files: a partial's last directory may be cut short, which tifffile's
+        # series refuse, and a one-frame stack is one page that a series reads as an image.
+        self.by_pages = by_pages
+        self._series: tifffile.TiffPageSeries | tifffile.TiffPages | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "name": self.name, "shape": self.shape, "dtype": self.dtype}
+        return {"path": self.path, "name": self.name, "shape": self.shape, "dtype": self.dtype,
+                "by_pages": self.by_pages}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
 
-    def _open(self) -> tifffile.TiffPageSeries:
+    def _open(self) -> tifffile.TiffPageSeries | tifffile.TiffPages:
         with self._lock:
             if self._series is None:
                 tif = tifffile.TiffFile(self.path)
                 tif.filehandle.set_lock(True)
                 weakref.finalize(self, tif.close)
-                self._series = tif.series[0]
+                self._series = tif.pages if self.by_pages else tif.series[0]
         return self._series
 
     def _frame(self, index: int) -> np.ndarray:

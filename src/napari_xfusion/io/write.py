@@ -2,40 +2,50 @@
 
 :func:`open_writer` streams frames into a temporary sibling of the output named
 ``<stem>.incomplete<suffix>`` (``result.tif`` -> ``result.incomplete.tif``) and renames it
-onto the output only once every frame is written (:func:`move_into_place`), so a file under
-the output name is always complete. An interrupted write keeps the frames written so far
-in the ``.incomplete`` file, whose metadata says ``"complete": false`` and how many frames it
-holds. zarr is optional and imported only to write a zarr store.
+onto the output only once every frame is written and checked (:func:`move_into_place`), so
+a file under the output name is always complete. While it writes, the run holds
+``<output>.lock`` (:mod:`.lock`): a second run to the same name is refused.
+
+Every frame is on disk, readable, before the next one starts: a run interrupted or killed at
+any moment leaves an ``.incomplete`` file that opens and holds every frame written but the
+one in flight, and :func:`read_stack` and :func:`read_metadata` report exactly those
+(``"complete": false``, ``frames_written``). A write error (a full disk, say) names the file
+and removes the partial, which could not be trusted and would keep the disk full. The free
+space is checked against the known output size before the first frame. zarr is optional and
+imported only to write a zarr store.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
 import shutil
 import tempfile
 import threading
+import uuid
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tifffile
 
-if TYPE_CHECKING:
-    pass
-
+from .lock import OutputLock, check_unlocked
 from .read import (
+    DESCRIPTION_PREFIX,
     TIFF_SUFFIXES,
     StackError,
     _check_dtype,
     _is_zarr_store,
     _stack_shape,
     is_dask_array,
+    read_stack,
 )
 
-#: Metadata keys the writers set themselves.
+#: Metadata keys the writers set themselves ("shape" is tifffile's, in older files).
 RESERVED_METADATA_KEYS = ("shape", "complete", "frames_written")
 
 
@@ -78,8 +88,9 @@ def check_output_path(
     Raises
     ------
     StackError
-        When the suffix is unsupported, the output exists (and ``overwrite`` is False), or
-        the folder is missing or cannot be written.
+        When the suffix is unsupported, another run is writing the output, the output or
+        the frames of an interrupted run to it exist (and ``overwrite`` is False), or the
+        folder is missing or cannot be written.
     """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
@@ -130,6 +141,14 @@ def check_output_path(
             f"cannot write in the folder {parent} ({err.strerror or err}); choose a folder "
             "you can write to."
         ) from err
+    if suffixes is None:
+        check_unlocked(path)
+        partial = incomplete_path(path)
+        if partial.exists() and not overwrite:
+            raise StackError(
+                f"{partial} holds the frames of an interrupted run to {path}; pass --overwrite "
+                "to discard them and start over, or move that file away to keep them."
+            )
     return path
 
 
@@ -161,7 +180,20 @@ class StackWriter(ABC):
         self.metadata = metadata
         self._frames_written = 0
         self._closed = False
-        self._open()
+        self._lock = OutputLock(path)
+        self._lock.acquire()
+        try:
+            if self._partial.exists():
+                warnings.warn(
+                    f"discarding {self._partial}, the frames of an interrupted run to {path}.",
+                    stacklevel=3,
+                )
+                _remove(self._partial)
+            self._open()
+            self._identity = claim(self._partial)
+        except BaseException:
+            self._lock.release()
+            raise
 
     @property
     def path(self) -> Path:
@@ -219,7 +251,18 @@ class StackWriter(ABC):
                     f"frame {k} has values {frame.min()}..{frame.max()} outside the range of "
                     f"{self.dtype} ({info.min}..{info.max}); clip or rescale it first."
                 )
-        self._append(frame.astype(self.dtype, copy=False))
+        try:
+            self._append(frame.astype(self.dtype, copy=False))
+        except OSError as err:
+            full = err.errno == errno.ENOSPC
+            self.abort(keep=False)
+            raise StackError(
+                f"writing frame {k} to {self._partial} failed: "
+                f"{'the disk is full' if full else err.strerror or err}. The partial file is "
+                f"removed{' to free the space' if full else ''}; "
+                f"{'free space or write to another disk' if full else 'check the disk'} and "
+                "run again."
+            ) from err
         self._frames_written += 1
 
     def close(self) -> None:
@@ -242,9 +285,14 @@ class StackWriter(ABC):
                 f"only {k}{expected} frames were written to {self._path}, so it was not "
                 f"created{kept}. Write every frame before closing."
             )
-        self._finish(complete=True)
-        self._closed = True
-        move_into_place(self._partial, self._path, self.overwrite)
+        try:
+            self._finish(complete=True)
+            self._closed = True
+            self._verify()
+            move_into_place(self._partial, self._path, self.overwrite)
+        finally:
+            self._closed = True
+            self._lock.release()
 
     def abort(self, keep: bool = True) -> None:
         """Stop writing without putting anything at :attr:`path`.
@@ -258,9 +306,14 @@ class StackWriter(ABC):
         if self._closed:
             return
         self._closed = True
-        self._finish(complete=False)
-        if self._frames_written == 0 or not keep:
-            _remove(self._partial)
+        try:
+            self._finish(complete=False)
+        except OSError:
+            keep = False  # the partial's last write failed: it is not kept half-described
+        finally:
+            if self._frames_written == 0 or not keep:
+                _remove(self._partial)
+            self._lock.release()
 
     def __enter__(self) -> StackWriter:
         return self
@@ -289,38 +342,72 @@ class StackWriter(ABC):
     def _finish(self, complete: bool) -> None:
         """Flush and close the temporary, recording ``complete`` and the frame count."""
 
+    def _verify(self) -> None:
+        """Check that the finished temporary reads back with every frame written.
+
+        Guards the final name against anything that happened to the temporary behind the
+        writer's back (removed, replaced, truncated).
+        """
+        if file_identity(self._partial) != self._identity:
+            raise StackError(
+                f"{self._partial} was removed or replaced while being written, so "
+                f"{self._path} was not created. Run again."
+            )
+        try:
+            shape = read_stack(self._partial).shape
+        except StackError as err:
+            raise StackError(
+                f"{self._partial} no longer reads back ({err}); it was changed or removed "
+                f"while being written, so {self._path} was not created. Run again."
+            ) from err
+        if shape != (self._frames_written, *self.frame_shape):
+            raise StackError(
+                f"{self._partial} reads back as {shape}, not the {self._frames_written} frames "
+                f"written; it was changed while being written, so {self._path} was not "
+                "created. Run again."
+            )
+
 
 class _TiffStackWriter(StackWriter):
-    """BigTIFF, uncompressed, one page per frame in one contiguous series.
+    """BigTIFF, uncompressed, one page per frame, each page flushed with its directory.
 
-    Contiguous pixels let :func:`read_stack` read each frame with one read. The metadata is the
-    JSON ImageDescription of the first page, as tifffile writes it (``shape`` first).
+    Each frame is a complete page on disk before the next one starts, so a file cut short by
+    a kill still opens and holds every earlier frame. The metadata is the JSON
+    ImageDescription of the first page, rewritten with the final status at the end.
     """
 
     def _open(self) -> None:
         self._tif = tifffile.TiffWriter(self._partial, bigtiff=True)
 
     def _append(self, frame: np.ndarray) -> None:
+        first = self._frames_written == 0
         self._tif.write(
-            frame, contiguous=True, photometric="minisblack", metadata=self._status(False)
+            frame,
+            contiguous=False,
+            photometric="minisblack",
+            metadata=None,
+            description=_description(self._status(False)) if first else None,
         )
+        self._tif.filehandle.flush()
 
     def _finish(self, complete: bool) -> None:
         self._tif.close()
         if self._frames_written:
-            # The status is known only now. The shape is set too because tifffile records
-            # a single frame as (y, x), which would read back as an image, not a stack.
-            description = json.loads(tifffile.tiffcomment(self._partial))
-            description.update(
-                shape=[self._frames_written, *self.frame_shape],
-                complete=complete,
-                frames_written=self._frames_written,
-            )
-            tifffile.tiffcomment(self._partial, json.dumps(description).encode("ascii"))
+            description = _description(self._status(complete))
+            tifffile.tiffcomment(self._partial, description.encode("ascii"))
+
+
+def _description(metadata: dict) -> str:
+    return DESCRIPTION_PREFIX + json.dumps(metadata)
 
 
 class _ZarrStackWriter(StackWriter):
-    """A zarr array chunked one frame per chunk; metadata in its attributes."""
+    """A zarr array chunked one frame per chunk; metadata in its attributes.
+
+    The array grows by one frame per write and its ``frames_written`` attribute follows,
+    so a store cut short by a kill has the length of what was written, and the attribute
+    says whether the last frame's pixels landed.
+    """
 
     def _open(self) -> None:
         import zarr
@@ -328,22 +415,17 @@ class _ZarrStackWriter(StackWriter):
         self._array = zarr.open_array(
             store=str(self._partial),
             mode="w",
-            shape=(self.n_frames or 0, *self.frame_shape),
+            shape=(0, *self.frame_shape),
             chunks=(1, *self.frame_shape),
             dtype=self.dtype,
         )
         self._array.attrs.update(self._status(False))
 
     def _append(self, frame: np.ndarray) -> None:
-        if self.n_frames is None:
-            self._array.append(frame[np.newaxis], axis=0)
-        else:
-            self._array[self._frames_written] = frame
+        self._array.append(frame[np.newaxis], axis=0)
+        self._array.attrs["frames_written"] = self._frames_written + 1
 
     def _finish(self, complete: bool) -> None:
-        if self._array.shape[0] != self._frames_written:
-            # An interrupted write keeps exactly the frames written, no blank tail.
-            self._array.resize((self._frames_written, *self.frame_shape))
         self._array.attrs.update(self._status(complete))
 
 
@@ -453,6 +535,8 @@ def open_writer(
     _check_dtype(dtype, f"output {path}")
     if n_frames is not None and n_frames < 1:
         raise StackError(f"n_frames must be >= 1 (or None when unknown), got {n_frames}.")
+    if n_frames is not None:
+        _check_free_space(path, n_frames * frame_shape[0] * frame_shape[1] * dtype.itemsize)
     metadata = dict(metadata or {})
     reserved = sorted(set(metadata) & set(RESERVED_METADATA_KEYS))
     if reserved:
@@ -542,6 +626,43 @@ def move_into_place(partial_path: Path, path: Path, overwrite: bool) -> None:
         shutil.rmtree(old)
     else:
         os.replace(partial_path, path)
+
+
+#: A file in a folder being written (a zarr store) that names the run writing it.
+_RUN_MARK = ".xfusion-run"
+
+
+def claim(path: Path) -> object:
+    """Mark ``path`` as this run's (a folder gets a run mark) and return its identity."""
+    if path.is_dir():
+        (path / _RUN_MARK).write_text(uuid.uuid4().hex)
+    return file_identity(path)
+
+
+def file_identity(path: Path) -> object:
+    """What tells ``path`` apart from anything put in its place (None if it is gone).
+
+    A file's device and inode (it is held open while written, so its inode is not reused);
+    a folder's run mark (see :func:`claim`), since the inode of a removed folder is reused
+    at once by the one recreated in its place.
+    """
+    try:
+        if path.is_dir():
+            return (path / _RUN_MARK).read_text()
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_free_space(path: Path, nbytes: int) -> None:
+    """Refuse before the first frame when the output cannot fit on its disk."""
+    free = shutil.disk_usage(path.parent).free
+    if nbytes > free:
+        raise StackError(
+            f"{path} needs about {nbytes / 1e6:,.0f} MB but its disk has {free / 1e6:,.0f} MB "
+            "free; free some space, write to another disk, or fuse fewer frames."
+        )
 
 
 def _remove(path: Path) -> None:

@@ -328,7 +328,7 @@ def load_weights(
     ------
     WeightsError
         With the reason and the fix: missing file, pickle checkpoint, damaged file, missing
-        metadata, another architecture, or tensors that do not fit.
+        metadata, another architecture, tensors that do not fit, or NaN/infinite values.
     """
     path = Path(path)
     metadata = read_metadata(path)
@@ -339,6 +339,12 @@ def load_weights(
         state = load_file(str(path), device="cpu")
     except Exception as exc:
         raise WeightsError(f"{path} is corrupt or truncated ({exc}); copy it again.") from exc
+    broken = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise WeightsError(
+            f"{path} holds NaN or infinite values in {len(broken)} tensor(s) (first: "
+            f"{broken[0]}): a training run diverged or the file is damaged; use other weights."
+        )
     model = build_model(config, deform_backend)
     _load_state(
         model,
