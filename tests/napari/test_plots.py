@@ -145,6 +145,24 @@ def test_psnr_axis_appears_only_with_a_ground_truth(viewer, plot, qtbot):
     np.testing.assert_array_equal(line.get_ydata(), [31.5])
 
 
+def test_a_classical_method_plots_its_psnr_on_the_only_axis(viewer, plot, qtbot):
+    timeline = Timeline(N_FRAMES, N_FRAMES // SPACING, TimeModel(spacing=SPACING))
+    record = FusionRecord(timeline, "Detail transfer")
+    for t in range(3):
+        inputs = timeline.inputs(t)
+        frame = FusedFrame(t, np.zeros((8, 8), np.float32), inputs.is_keyframe, None,
+                           inputs.hr_times)
+        record.add(frame, 30.0 + t)
+    viewer.add_image(ResultStack((N_FRAMES, 8, 8), np.float32), name="transfer",
+                     metadata={RECORD_KEY: record}, multiscale=False)
+    qtbot.waitUntil(lambda: len(plot.figure.axes) == 1 and bool(plot.figure.axes[0].get_lines()))
+    [ax] = plot.figure.axes
+    assert ax.get_ylabel() == "PSNR (dB)"
+    # The PSNR alone (the time cursor is an unlabelled line).
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert [label for label in labels if not label.startswith("_")] == ["PSNR"]
+
+
 def test_theme_change_recolours(viewer, plot):
     add_fused_layer(viewer, psnr=True)
     viewer.theme = "dark"

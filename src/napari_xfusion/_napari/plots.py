@@ -209,7 +209,11 @@ class AttentionPlot(FramePlot):
                     label="forward (HR k1)")
             ax.set_ylabel("normalized attention")
         top = ax
-        if record.psnr:
+        if record.psnr and not len(log):
+            # A classical method has no attention scores: the PSNR takes the main axis.
+            ax.plot(*record.psnr_series(), ".-", markersize=3, color="tab:green", label="PSNR")
+            ax.set_ylabel("PSNR (dB)")
+        elif record.psnr:
             top = ax.twinx()
             top.plot(*record.psnr_series(), ".-", markersize=3, color="tab:green", label="PSNR")
             top.set_ylabel("PSNR (dB)")

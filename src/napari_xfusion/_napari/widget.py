@@ -9,6 +9,8 @@ fills in while the run goes on), and the calibration and assessment steps.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import tempfile
 import threading
 import time
@@ -201,13 +203,15 @@ class FusionWidget(Container):
             getattr(self, name).tooltip = text
         self._guess_layers()
 
-        settings = [
+        self._settings = [
             self.lr, self.hr, self.full_rate, self.spacing, self.offset, self.separation,
             self.scale, self.method, self.weights, self.device, self.tile, self.overlap,
-            self.truth, self.output, self.overwrite,
+            self.truth, self.output, self.overwrite, self.estimate_offset,
+            self.calibrate_minutes,
         ]
+        self._calibration_dock = None
         self.hr.changed.connect(self._read_time_model)
-        for widget in settings:
+        for widget in self._settings:
             widget.changed.connect(self._on_change)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -237,9 +241,11 @@ class FusionWidget(Container):
         """Pick the layers whose names say what they are (the sample data's, for one)."""
         for layer in self.viewer.layers:
             name = layer.name.lower()
-            if self.lr.value is None and "lr" in name.split():
+            # "scan42_lr", "LR stream", "hr-keyframes": the words, whatever separates them.
+            words = re.split(r"[^a-z0-9]+", name)
+            if self.lr.value is None and "lr" in words:
                 self.lr.value = layer
-            elif self.hr.value is None and ("keyframe" in name or "hr" in name.split()):
+            elif self.hr.value is None and ("keyframe" in name or "hr" in words):
                 if "truth" not in name:
                     self.hr.value = layer
         self._guess_truth()
@@ -420,8 +426,12 @@ class FusionWidget(Container):
         else:
             hr.scale, hr.translate = (model.spacing, *hr_scale), (model.offset, *hr_shift)
         # An LR pixel covers s HR pixels, so its centre sits (s - 1) / 2 HR pixels in.
-        lr.scale = (1, *(s * hr_scale))
-        lr.translate = (0, *(hr_shift + (s - 1) / 2 * hr_scale))
+        placed = (1, *(s * hr_scale)), (0, *(hr_shift + (s - 1) / 2 * hr_scale))
+        moved = not np.allclose(lr.scale, placed[0]) or not np.allclose(lr.translate, placed[1])
+        lr.scale, lr.translate = placed
+        if moved:
+            # The LR layer now spans the fusion grid: show all of it, not the corner it was.
+            self.viewer.reset_view()
 
     def _fused_placement(self) -> tuple[tuple, tuple]:
         """Scale and translate of a fused layer: the fusion grid over the crop, if any."""
@@ -482,6 +492,10 @@ class FusionWidget(Container):
         self._say("cancelling after the current frame...")
 
     def _set_running(self, running: bool) -> None:
+        # A run works from the plan made at its start: settings changed meanwhile would
+        # look applied and be ignored.
+        for widget in self._settings:
+            widget.enabled = not running
         self.run_button.enabled = self.assess_button.enabled = not running
         self.register_button.enabled = not running
         self.calibrate_button.enabled = not running
@@ -573,6 +587,7 @@ class FusionWidget(Container):
                     f"{plan.output.stem}.incomplete{plan.output.suffix}"
                 )
             self._say(f"cancelled after {done} of {plan.n_frames} frames{kept}.")
+            self.speed.value = f"{done}/{plan.n_frames} frames, cancelled"
             return
         where = ""
         if plan.output is not None:
@@ -580,7 +595,6 @@ class FusionWidget(Container):
             layer.data = read_stack(plan.output, name="fused stack")
             where = f", written to {plan.output}"
         self._say(f"fused {done} frames in {seconds:.1f} s ({done / seconds:.2f} frames/s){where}.")
-        show_info(f"fusion finished: {done} frames{where}")
 
     # --- calibration ----------------------------------------------------------------
 
@@ -608,7 +622,13 @@ class FusionWidget(Container):
         from .calibration import CalibrationView
 
         view = CalibrationView(result)
-        self.viewer.window.add_dock_widget(view, name="Calibration", area="right")
+        if self._calibration_dock is not None:
+            # One calibration dock: the latest run's replaces the one before.
+            with contextlib.suppress(LookupError, RuntimeError):
+                self.viewer.window.remove_dock_widget(self._calibration_dock)
+        self._calibration_dock = self.viewer.window.add_dock_widget(
+            view, name="Calibration", area="right"
+        )
         if result.helped:
             self.weights.value = str(result.weights_path)
             show_info(f"calibration {result.summary()}: the calibrated weights are selected.")
