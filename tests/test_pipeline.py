@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_xfusion.config import TimeModel
-from napari_xfusion.io import StackError, incomplete_path, read_stack
+from napari_xfusion.io import StackError, incomplete_path, open_writer, read_stack
 from napari_xfusion.methods import create_method
 from napari_xfusion.pipeline import fuse_to_file, prepare_inputs
 
@@ -78,3 +78,81 @@ def test_unchanged_inputs_pass_the_end_check(tmp_path):
     out = tmp_path / "fused.tif"
     result = fuse_to_file(prepare_inputs(lr, hr, model), create_method("bicubic"), out)
     assert result.frames == 21 and read_stack(out).shape == (21, 96, 128)
+
+
+class Stop(Exception):
+    """Stands for a kill: not a ValueError, so the writer keeps the partial."""
+
+
+def interrupted_run(inputs, method, out, after, resume=False):
+    def stop_after(done, total):
+        if done == after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fuse_to_file(inputs, method, out, progress=stop_after, resume=resume)
+    assert incomplete_path(out).exists() and not out.exists()
+
+
+def tiny_stf(tmp_path):
+    import torch
+
+    from napari_xfusion.config import EngineConfig, ModelConfig
+    from napari_xfusion.models import build_model, save_weights
+
+    torch.manual_seed(0)
+    path = save_weights(build_model(ModelConfig.preset("tiny")), tmp_path / "tiny.safetensors")
+    return create_method("stf", weights=path, engine=EngineConfig(device="cpu", precision="fp32"))
+
+
+@pytest.mark.parametrize("name", ["transfer", "stf"])
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, name):
+    lr, hr, model = bright_spot_pair(tmp_path)
+    method = tiny_stf(tmp_path) if name == "stf" else create_method(name)
+    inputs = prepare_inputs(lr, hr, model)
+    reference = tmp_path / "reference.tif"
+    fuse_to_file(inputs, method, reference)
+    out = tmp_path / "fused.tif"
+    interrupted_run(inputs, method, out, after=7)
+    with pytest.raises(StackError, match="pass --resume to continue it"):
+        fuse_to_file(inputs, method, out)
+    seen = []
+    result = fuse_to_file(prepare_inputs(lr, hr, model), method, out, resume=True,
+                          progress=lambda done, total: seen.append((done, total)))
+    assert result.frames == 21 and seen[-1] == (21, 21) and seen[0][0] >= 5
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(reference))
+    assert not incomplete_path(out).exists() and not list(tmp_path.glob("*.resuming.*"))
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    lr, hr, model = bright_spot_pair(tmp_path)
+    inputs = prepare_inputs(lr, hr, model)
+    out = tmp_path / "fused.tif"
+    interrupted_run(inputs, create_method("transfer"), out, after=5)
+    with pytest.raises(StackError, match="other inputs or settings"):
+        fuse_to_file(inputs, create_method("bicubic"), out, resume=True)
+    assert incomplete_path(out).exists()  # nothing of the interrupted run is lost
+
+
+def test_a_resume_cut_short_while_copying_starts_from_the_set_aside_frames(tmp_path):
+    from napari_xfusion.io import resuming_path
+
+    lr, hr, model = bright_spot_pair(tmp_path)
+    inputs = prepare_inputs(lr, hr, model)
+    method = create_method("transfer")
+    reference = tmp_path / "reference.tif"
+    fuse_to_file(inputs, method, reference)
+    out = tmp_path / "fused.zarr"
+    interrupted_run(inputs, method, out, after=9)
+    # As if a resume was killed after setting the frames aside and copying two of them.
+    os.replace(incomplete_path(out), resuming_path(out))
+    aside = read_stack(resuming_path(out))
+    copy = open_writer(out, aside.shape[1:], aside.dtype, n_frames=21, resume=True)
+    copy.write(np.asarray(aside[0]))
+    copy.write(np.asarray(aside[1]))
+    copy.abort()
+    with pytest.raises(StackError, match="holds the frames of an interrupted run"):
+        fuse_to_file(inputs, method, out)
+    fuse_to_file(inputs, method, out, resume=True)
+    np.testing.assert_array_equal(np.asarray(read_stack(out)), tifffile.imread(reference))
+    assert not resuming_path(out).exists()

@@ -249,6 +249,11 @@ def cmd_fuse(args: argparse.Namespace) -> int:
                 "(or --scheduler local)."
             )
     if args.scheduler is not None:
+        if args.resume:
+            raise ValueError(
+                "--resume continues runs of one process; a cluster run starts afresh: drop "
+                "--resume and pass --overwrite."
+            )
         if args.method == "auto":
             check_output_path(args.output, overwrite=args.overwrite)
             args.method = _choose_method(args, _open_recording(args))
@@ -257,14 +262,14 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         # Options and the output path are checked before the slow work starts.
         if args.method != "auto":
             method = create_method(args.method, **_method_options(args, args.method))
-        check_output_path(args.output, overwrite=args.overwrite)
+        check_output_path(args.output, overwrite=args.overwrite, resume=args.resume)
         inputs = _open_recording(args)
         if args.method == "auto":
             chosen = _choose_method(args, inputs)
             method = create_method(chosen, **_method_options(args, chosen))
         result = fuse_to_file(
             inputs, method, args.output, overwrite=args.overwrite, frames=_frames(args.frames),
-            progress=ProgressBar(f"fusing ({method.label})"),
+            progress=ProgressBar(f"fusing ({method.label})"), resume=args.resume,
         )
     print(f"wrote {result.frames} fused frames to {result.path} in {result.seconds:.1f} s")
     if result.attention_path is not None:
@@ -477,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--frames", help="fuse only these LR times: START:STOP or a list 1,5,9")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted run to this output from its .incomplete file (same "
+        "inputs and settings); the result equals an uninterrupted run",
+    )
     _add_network_options(p)
     dist = p.add_argument_group(
         "many GPUs or nodes (dask.distributed; pip install \"napari-xfusion[distributed]\")"

@@ -8,7 +8,10 @@ method to disk in the HR stack's units and dtype, with the attention scores besi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +26,11 @@ from .io import (
     BackgroundWriter,
     StackError,
     check_output_path,
+    incomplete_path,
     open_writer,
+    read_metadata,
     read_stack,
+    resuming_path,
     source_stamp,
 )
 from .methods import FusionMethod
@@ -256,6 +262,7 @@ def fuse_iter(
     frames: Iterable[int] | None = None,
     progress: ProgressCallback | None = None,
     metadata: dict | None = None,
+    resume: bool = False,
 ) -> Iterator[FusedFrame]:
     """Fuse frame after frame, yielding each one and streaming it to ``output`` if given.
 
@@ -263,7 +270,8 @@ def fuse_iter(
     between frames by closing the generator. Frames go to disk in the HR stack's units and
     dtype as they are made; the output appears under its name only once every frame is
     written, and a run stopped early leaves the frames written so far in a file marked
-    ``.incomplete``. Neural methods also save their attention scores to
+    ``.incomplete``, with a fingerprint of the inputs and settings that made them
+    (:func:`run_fingerprint`). Neural methods also save their attention scores to
     ``<stem>.attention.csv`` at the end.
 
     Parameters
@@ -273,29 +281,38 @@ def fuse_iter(
     output : str or Path, optional
         BigTIFF ``.tif`` or ``.zarr``; None keeps the frames in memory only.
     overwrite : bool
-        Replace an existing output.
+        Replace an existing output (and discard an interrupted run's frames).
     frames : iterable of int, optional
         LR times to fuse (default: all).
     progress : callable, optional
-        ``progress(done, total)``.
+        ``progress(done, total)``, counting the frames a resumed run found done.
     metadata : dict, optional
         Extra entries stored in the output's metadata.
+    resume : bool
+        Continue an interrupted run to ``output`` from its ``.incomplete`` file: its frames
+        are kept and only the rest are fused, so the result equals an uninterrupted run.
+        The partial must come from the same inputs and settings (else a StackError says
+        so). Without a partial the run starts from the first frame. The attention scores
+        then cover the frames fused by this run.
 
     Yields
     ------
     FusedFrame
-        In the normalized [0, 1] units; ``inputs.camera_units`` gives camera units.
+        In the normalized [0, 1] units (only those fused by this call);
+        ``inputs.camera_units`` gives camera units.
     """
     times = output_times(inputs.timeline, frames)
     if output is None:
         yield from method.fuse(inputs.lr, inputs.hr, inputs.timeline, times, progress)
         return
-    output = check_output_path(output, overwrite=overwrite)
+    output = check_output_path(output, overwrite=overwrite, resume=resume)
     n_lr, height, width = inputs.lr.shape
     scale = inputs.timeline.model.scale
     if inputs.registration is not None:
         metadata = {"registration": inputs.registration.to_dict(), **(metadata or {})}
     info = output_metadata(method.name, inputs.timeline, times, frames is not None, metadata)
+    info["fingerprint"] = run_fingerprint(inputs, method, info)
+    earlier = _set_aside_partial(output, info["fingerprint"]) if resume else None
     log = AttentionLog()
     stack = open_writer(
         output,
@@ -304,16 +321,91 @@ def fuse_iter(
         n_frames=len(times),
         overwrite=overwrite,
         metadata=info,
+        resume=resume,
     )
+    done = 0
+    if earlier is not None:
+        try:
+            kept = read_stack(earlier, name="interrupted run's frames")
+            for frame in kept:
+                stack.write(np.asarray(frame))
+        except BaseException:
+            # The frames are still in `earlier`, where the next resume looks first.
+            stack.abort(keep=False)
+            raise
+        done = len(kept)
+        _remove_path(earlier)
+    remaining = times[done:]
+    if progress is not None and done:
+        progress(done, len(times))
+        progress = _offset_progress(progress, done)
     # Frames are converted and written in a thread of their own while the next is fused.
     with BackgroundWriter(stack, convert=inputs.camera_units) as writer:
-        for frame in method.fuse(inputs.lr, inputs.hr, inputs.timeline, times, progress):
-            writer.write(frame)
-            log.add(frame)
-            yield frame
+        if remaining:
+            fused = method.fuse(inputs.lr, inputs.hr, inputs.timeline, remaining, progress)
+            for frame in fused:
+                writer.write(frame)
+                log.add(frame)
+                yield frame
         inputs.check_unchanged()
     if len(log):
         log.write_csv(attention_csv_path(output))
+
+
+def run_fingerprint(inputs: FusionInputs, method: FusionMethod, info: dict) -> str:
+    """A digest of what decides a run's output: the input files as they are (path, inode,
+    size, modification time), the normalizations, the method and its settings, the time
+    model and the output frames (``info``, from :func:`output_metadata`)."""
+    identity = {
+        "sources": inputs.sources,
+        "normalizations": [asdict(inputs.lr_norm), asdict(inputs.hr_norm)],
+        "method": method.name,
+        "settings": method.settings(),
+        "metadata": info,
+    }
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _set_aside_partial(output: Path, fingerprint: str) -> Path | None:
+    """Check an interrupted run's partial and move it aside for copying; None if none.
+
+    A copy cut short earlier left the frames in :func:`resuming_path`: they are the ones
+    to keep, and the partial beside them is discarded.
+    """
+    partial, aside = incomplete_path(output), resuming_path(output)
+    source = aside if aside.exists() else partial
+    if not source.exists():
+        return None
+    try:
+        found = read_metadata(source).get("fingerprint")
+    except (StackError, OSError, ValueError) as err:
+        raise StackError(
+            f"{source} cannot be read ({err}); pass --overwrite to start over."
+        ) from err
+    if found != fingerprint:
+        raise StackError(
+            f"{source} was made from other inputs or settings (or by an older version), so "
+            "it cannot be continued: pass --overwrite to start over, or rerun with the "
+            "settings of that run."
+        )
+    if source is partial:
+        os.replace(partial, aside)
+    elif partial.exists():
+        _remove_path(partial)
+    return aside
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _offset_progress(progress: ProgressCallback, done: int) -> ProgressCallback:
+    """Progress of the remaining frames, reported as part of the whole run."""
+    return lambda k, total: progress(done + k, done + total)
 
 
 def fuse_to_file(
@@ -324,28 +416,32 @@ def fuse_to_file(
     frames: Iterable[int] | None = None,
     progress: ProgressCallback | None = None,
     metadata: dict | None = None,
+    resume: bool = False,
 ) -> FusionResult:
     """Fuse and stream every frame to ``output`` (BigTIFF ``.tif`` or ``.zarr``).
 
     Memory use does not grow with the sequence length; see :func:`fuse_iter` for what is
-    written and what an interrupted run leaves behind.
+    written, what an interrupted run leaves behind and how ``resume`` continues it.
 
     Parameters
     ----------
-    inputs, method, overwrite, frames, progress, metadata
+    inputs, method, overwrite, frames, progress, metadata, resume
         As for :func:`fuse_iter`.
     output : str or Path
 
     Returns
     -------
     FusionResult
+        ``frames`` counts every frame in the output, those a resumed run kept included.
     """
     start = time.perf_counter()
-    count, scored = 0, False
-    for frame in fuse_iter(inputs, method, output, overwrite, frames, progress, metadata):
-        count += 1
+    scored = False
+    for frame in fuse_iter(
+        inputs, method, output, overwrite, frames, progress, metadata, resume=resume
+    ):
         scored = scored or frame.attention is not None
     path = Path(output).expanduser()
+    count = int(read_metadata(path)["frames_written"])
     return FusionResult(
         path, count, time.perf_counter() - start, attention_csv_path(path) if scored else None
     )

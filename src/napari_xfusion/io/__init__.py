@@ -30,6 +30,7 @@ from .write import (
     incomplete_path,
     move_into_place,
     open_writer,
+    resuming_path,
     write_stack,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "read_image",
     "read_metadata",
     "read_stack",
+    "resuming_path",
     "source_stamp",
     "write_stack",
 ]

@@ -66,8 +66,21 @@ def incomplete_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.incomplete{path.suffix}")
 
 
+def resuming_path(path: str | Path) -> Path:
+    """Where a resumed run keeps an interrupted run's frames while it copies them.
+
+    ``result.tif`` -> ``result.resuming.tif``. A resume cut short leaves them there, and
+    the next resume starts from them.
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.resuming{path.suffix}")
+
+
 def check_output_path(
-    path: str | Path, overwrite: bool = False, suffixes: tuple[str, ...] | None = None
+    path: str | Path,
+    overwrite: bool = False,
+    suffixes: tuple[str, ...] | None = None,
+    resume: bool = False,
 ) -> Path:
     """Check that a stack can be written to ``path``; call it before any work starts.
 
@@ -79,6 +92,8 @@ def check_output_path(
         Allow replacing an existing output.
     suffixes : tuple of str, optional
         The file types accepted instead of stacks (e.g. ``(".safetensors",)``).
+    resume : bool
+        The run will continue an interrupted run's frames (so they may exist).
 
     Returns
     -------
@@ -143,12 +158,13 @@ def check_output_path(
         ) from err
     if suffixes is None:
         check_unlocked(path)
-        partial = incomplete_path(path)
-        if partial.exists() and not overwrite:
-            raise StackError(
-                f"{partial} holds the frames of an interrupted run to {path}; pass --overwrite "
-                "to discard them and start over, or move that file away to keep them."
-            )
+        for partial in (incomplete_path(path), resuming_path(path)):
+            if partial.exists() and not (overwrite or resume):
+                raise StackError(
+                    f"{partial} holds the frames of an interrupted run to {path}: pass "
+                    "--resume to continue it, --overwrite to discard them and start over, "
+                    "or move that file away to keep them."
+                )
     return path
 
 
@@ -170,6 +186,7 @@ class StackWriter(ABC):
         n_frames: int | None,
         overwrite: bool,
         metadata: dict,
+        resume: bool = False,
     ) -> None:
         self._path = path
         self._partial = incomplete_path(path)
@@ -183,12 +200,15 @@ class StackWriter(ABC):
         self._lock = OutputLock(path)
         self._lock.acquire()
         try:
-            if self._partial.exists():
-                warnings.warn(
-                    f"discarding {self._partial}, the frames of an interrupted run to {path}.",
-                    stacklevel=3,
-                )
-                _remove(self._partial)
+            # A resuming run has set the earlier frames aside itself and copies them in.
+            earlier = (self._partial,) if resume else (self._partial, resuming_path(path))
+            for partial in earlier:
+                if partial.exists():
+                    warnings.warn(
+                        f"discarding {partial}, the frames of an interrupted run to {path}.",
+                        stacklevel=3,
+                    )
+                    _remove(partial)
             self._open()
             self._identity = claim(self._partial)
         except BaseException:
@@ -499,6 +519,7 @@ def open_writer(
     n_frames: int | None = None,
     overwrite: bool = False,
     metadata: dict | None = None,
+    resume: bool = False,
 ) -> StackWriter:
     """Open a :class:`StackWriter` that streams frames to ``path``.
 
@@ -517,6 +538,9 @@ def open_writer(
     metadata : dict, optional
         JSON-serializable entries stored with the stack (TIFF ImageDescription, zarr
         attributes); read them back with :func:`read_metadata`.
+    resume : bool
+        The caller continues an interrupted run and has set its frames aside at
+        :func:`resuming_path`; they are left alone.
 
     Returns
     -------
@@ -527,7 +551,7 @@ def open_writer(
     StackError
         On an unwritable path or invalid settings.
     """
-    path = check_output_path(path, overwrite=overwrite)
+    path = check_output_path(path, overwrite=overwrite, resume=resume)
     frame_shape = tuple(int(d) for d in frame_shape)
     if len(frame_shape) != 2 or min(frame_shape) < 1:
         raise StackError(f"frame_shape must be (y, x) with sizes >= 1, got {frame_shape}.")
@@ -551,7 +575,7 @@ def open_writer(
             "lists or dicts."
         ) from err
     cls = _ZarrStackWriter if path.suffix.lower() == ".zarr" else _TiffStackWriter
-    return cls(path, frame_shape, dtype, n_frames, overwrite, metadata)
+    return cls(path, frame_shape, dtype, n_frames, overwrite, metadata, resume)
 
 
 def write_stack(

@@ -34,6 +34,14 @@ class FusionMethod(ABC):
     name: ClassVar[str]
     label: ClassVar[str]
 
+    def settings(self) -> dict:
+        """What decides this method's output besides its inputs, JSON-serializable.
+
+        A run resumed from a partial output must use the same settings
+        (:func:`napari_xfusion.pipeline.fuse_iter`); the default: none.
+        """
+        return {}
+
     def prepare(self, lr, hr, timeline: Timeline) -> None:  # noqa: B027 - a hook, often empty
         """Check the stacks against the time model and fit what the method learns from the
         whole recording (called by :meth:`fuse`; call it before :meth:`fuse_frame`).

@@ -523,6 +523,9 @@ class BayesianFusion(PerFrameMethod):
         self.degradation = Degradation(noise_var=0.0 if noise_var is None else float(noise_var))
         _check_bayes_options(n_clusters, iterations, lag_stretch)
 
+    def settings(self) -> dict:
+        return {**self.options, "noise_var": self.noise_var}
+
     def fuse_frame(self, lr: np.ndarray, hr: np.ndarray, inputs: FrameInputs) -> np.ndarray:
         return bayesian_fusion(
             lr[1], hr[0], hr[1], check_scale(lr.shape, hr.shape), self.degradation, **self.options

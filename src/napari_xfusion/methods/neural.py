@@ -7,6 +7,8 @@ behind the user's back: without a weights file, the bundled file must exist.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from pathlib import Path
 from typing import ClassVar
 
@@ -48,6 +50,18 @@ class NeuralMethod(FusionMethod):
                 f"{model.config.arch!r} one."
             )
         self.engine = Engine(model, engine)
+
+    def settings(self) -> dict:
+        """The network's configuration, a digest of its weights and the engine settings."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.engine.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return {
+            "model": self.engine.model.config.to_dict(),
+            "weights_sha256": digest.hexdigest(),
+            "engine": dataclasses.asdict(self.engine.config),
+        }
 
     def prepare(self, lr, hr, timeline) -> None:
         if timeline.model.scale != self.engine.scale:
