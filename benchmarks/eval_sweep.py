@@ -41,7 +41,7 @@ from napari_xfusion.metrics import METRICS, evaluate  # noqa: E402
 from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 from napari_xfusion.synthetic import synthetic_lpbf  # noqa: E402
 
-METHODS = ("bicubic", "transfer", "bayes", "stf")
+METHODS = ("bicubic", "transfer", "bayes", "edvr", "stf")
 REGIMES = {
     "little motion": dict(seed=999_999, scan_speed=1.5, spatter_rate=0.1),
     "much motion": dict(seed=777_777, scan_speed=8.0, spatter_rate=1.5),
@@ -53,8 +53,8 @@ BASELINE = dict(noise=None, spacing=10, separation=1)
 
 
 def make_method(name: str):
-    """Build a method; STF is pinned to the CPU so the timings are comparable."""
-    if name == "stf":
+    """Build a method; the networks are pinned to the CPU so the timings are comparable."""
+    if name in ("stf", "edvr"):
         return create_method(name, engine=EngineConfig(device="cpu"))
     return create_method(name)
 

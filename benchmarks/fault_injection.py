@@ -142,12 +142,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     folder = Path(tempfile.mkdtemp(prefix="xfusion-faults-"))
     lr, hr = make_inputs(folder)
     references, durations = {}, {}
-    for method in METHODS:
+    for method in args.methods:
         out = folder / f"reference-{method}.tif"
         start = time.perf_counter()
         subprocess.run(command(lr, hr, out, method), check=True, capture_output=True)
@@ -157,7 +158,7 @@ def main() -> None:
     violations = 0
     counts: dict[str, int] = {}
     for k in range(args.trials):
-        method = rng.choice(METHODS)
+        method = rng.choice(args.methods)
         fault = rng.choice(("SIGKILL", "SIGTERM", "concurrent"))
         suffix = rng.choice((".tif", ".zarr"))
         delay = rng.uniform(0.3, durations[method] * 1.05)
