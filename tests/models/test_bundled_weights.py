@@ -36,3 +36,17 @@ def test_bundled_stf_beats_the_baselines(unseen_scene):
     transfer = unseen_psnr(create_method("transfer"), unseen_scene)
     assert stf > bicubic + 3.0
     assert stf > transfer
+
+
+def test_bundled_edvr_weights_describe_themselves():
+    path = bundled_weights_path("edvr")
+    assert path.stat().st_size < 16 * 2**20
+    model = load_weights(path)
+    assert model.config.arch == "edvr" and model.config.channels == 32
+    assert int(read_metadata(path)["iterations"]) > 0
+
+
+@pytest.mark.slow
+def test_bundled_edvr_beats_bicubic(unseen_scene):
+    edvr = unseen_psnr(create_method("edvr", engine=EngineConfig(device="cpu")), unseen_scene)
+    assert edvr > unseen_psnr(create_method("bicubic"), unseen_scene) + 0.5
