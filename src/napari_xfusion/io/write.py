@@ -306,12 +306,16 @@ class StackWriter(ABC):
                 f"created{kept}. Write every frame before closing."
             )
         try:
+            # Checked before it is marked complete: a temporary that was removed or replaced
+            # meanwhile is left as it is, never labelled complete.
+            self._verify()
             self._finish(complete=True)
             self._closed = True
-            self._verify()
             move_into_place(self._partial, self._path, self.overwrite)
         finally:
-            self._closed = True
+            if not self._closed:
+                self._closed = True
+                self._release()
             self._lock.release()
 
     def abort(self, keep: bool = True) -> None:
@@ -362,6 +366,9 @@ class StackWriter(ABC):
     def _finish(self, complete: bool) -> None:
         """Flush and close the temporary, recording ``complete`` and the frame count."""
 
+    def _release(self) -> None:  # noqa: B027 - a hook, empty for stores without a handle
+        """Let go of the temporary without writing to it (it is no longer trusted)."""
+
     def _verify(self) -> None:
         """Check that the finished temporary reads back with every frame written.
 
@@ -409,6 +416,9 @@ class _TiffStackWriter(StackWriter):
             description=_description(self._status(False)) if first else None,
         )
         self._tif.filehandle.flush()
+
+    def _release(self) -> None:
+        self._tif.close()
 
     def _finish(self, complete: bool) -> None:
         self._tif.close()
