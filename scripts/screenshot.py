@@ -16,7 +16,7 @@ import napari
 from qtpy.QtWidgets import QApplication
 
 from napari_xfusion._napari.plots import AttentionPlot
-from napari_xfusion._napari.widget import FusionWidget
+from napari_xfusion._napari.widget import FusionDock
 
 
 def wait_until(condition, timeout: float = 600.0) -> None:
@@ -31,8 +31,9 @@ def wait_until(condition, timeout: float = 600.0) -> None:
 def main(path: str) -> None:
     viewer = napari.Viewer(show=True)
     viewer.open_sample("napari-xfusion", "lpbf")
-    fusion = FusionWidget(viewer)
-    viewer.window.add_dock_widget(fusion, name="Fuse LR and HR stacks", area="right")
+    dock = FusionDock(viewer)
+    fusion = dock.fusion
+    viewer.window.add_dock_widget(dock, name="Fuse LR and HR stacks", area="right")
     plot = AttentionPlot(viewer)
     viewer.window.add_dock_widget(plot, name="Attention and quality", area="bottom")
     fusion.method.value = "stf"

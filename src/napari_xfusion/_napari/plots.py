@@ -54,7 +54,8 @@ class FramePlot(QWidget):
         self.viewer = napari_viewer
         self.figure = Figure(figsize=(5, 3), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
+        # Small enough that the viewer, this dock and the fusion dock fit a 768-px screen.
+        self.canvas.setMinimumHeight(150)
         self.setLayout(QVBoxLayout())
         self.layout().addWidget(self.canvas)
         self.cursors: list = []

@@ -30,7 +30,8 @@ from magicgui.widgets import (
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QScrollArea
 
 from ..checks import check_scale, full_rate_selection
 from ..config import MODEL_ARCHS, CalibrationConfig, EngineConfig, TimeModel
@@ -719,3 +720,28 @@ class FusionWidget(Container):
         )
         self.method.value = best.name
         self._say(f"{best.label} predicts this recording's keyframes best: selected.")
+
+
+class FusionDock(QScrollArea):
+    """The fusion dock as napari shows it: a :class:`FusionWidget` in a scroll area.
+
+    The form is taller than a laptop screen beside the plot dock; in a scroll area it
+    shrinks with the window instead of setting the window's minimum height.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+
+    Attributes
+    ----------
+    fusion : FusionWidget
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.fusion = FusionWidget(napari_viewer)
+        self.setWidget(self.fusion.native)
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setMinimumWidth(self.fusion.native.sizeHint().width() + 20)
+
