@@ -30,7 +30,7 @@ from magicgui.widgets import (
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, QSize, Qt, Signal
 from qtpy.QtWidgets import QScrollArea
 
 from ..checks import check_scale, full_rate_selection
@@ -742,6 +742,15 @@ class FusionDock(QScrollArea):
         self.fusion = FusionWidget(napari_viewer)
         self.setWidget(self.fusion.native)
         self.setWidgetResizable(True)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setMinimumWidth(self.fusion.native.sizeHint().width() + 20)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+
+    def minimumSizeHint(self) -> QSize:
+        """As wide as the form (measured when asked: fonts and styles change it once
+        shown) and the vertical scroll bar; as short as a few rows."""
+        width = (
+            self.fusion.native.minimumSizeHint().width()
+            + self.verticalScrollBar().sizeHint().width()
+            + 2 * self.frameWidth()
+        )
+        return QSize(width, 120)
 
