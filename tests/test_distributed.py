@@ -258,3 +258,22 @@ def test_cluster_runs_are_quiet_unless_verbose(tmp_path, stack_files):
     # The progress bar only: none of dask's connection logs.
     lines = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert lines and all(line.startswith("fusing (bicubic, cluster)") for line in lines), lines
+
+
+def test_an_input_replaced_during_a_cluster_run_is_an_error(client, tmp_path, stack_files):
+    import os
+    import shutil
+
+    lr, hr, _ = stack_files
+    copy = tmp_path / "copy.tif"
+    shutil.copy(lr, copy)
+    out = tmp_path / "fused.tif"
+
+    def replace_once(done, total):
+        if copy.exists():
+            os.replace(copy, lr)
+
+    with pytest.raises(ValueError, match="changed while it was being fused"):
+        xdist.fuse_distributed(lr, hr, TimeModel(spacing=5), "bicubic", out, client,
+                               chunk_frames=4, progress=replace_once)
+    assert not out.exists()

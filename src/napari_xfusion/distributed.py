@@ -368,6 +368,7 @@ def fuse_distributed(
         except BaseException:
             client.cancel(list(futures))
             raise
+        inputs.check_unchanged()
     attention = AttentionLog()
     for index in sorted(scores):
         for frame in scores[index]:
