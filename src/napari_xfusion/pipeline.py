@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from .io import (
     open_writer,
     read_metadata,
     read_stack,
+    remove_stack,
     resuming_path,
     source_stamp,
 )
@@ -334,7 +334,7 @@ def fuse_iter(
             stack.abort(keep=False)
             raise
         done = len(kept)
-        _remove_path(earlier)
+        remove_stack(earlier)
     remaining = times[done:]
     if progress is not None and done:
         progress(done, len(times))
@@ -392,15 +392,8 @@ def _set_aside_partial(output: Path, fingerprint: str) -> Path | None:
     if source is partial:
         os.replace(partial, aside)
     elif partial.exists():
-        _remove_path(partial)
+        remove_stack(partial)
     return aside
-
-
-def _remove_path(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def _offset_progress(progress: ProgressCallback, done: int) -> ProgressCallback:

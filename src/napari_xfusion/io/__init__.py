@@ -30,6 +30,7 @@ from .write import (
     incomplete_path,
     move_into_place,
     open_writer,
+    remove_stack,
     resuming_path,
     write_stack,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "read_image",
     "read_metadata",
     "read_stack",
+    "remove_stack",
     "resuming_path",
     "source_stamp",
     "write_stack",

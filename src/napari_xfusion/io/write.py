@@ -208,7 +208,7 @@ class StackWriter(ABC):
                         f"discarding {partial}, the frames of an interrupted run to {path}.",
                         stacklevel=3,
                     )
-                    _remove(partial)
+                    remove_stack(partial)
             self._open()
             self._identity = claim(self._partial)
         except BaseException:
@@ -336,7 +336,7 @@ class StackWriter(ABC):
             keep = False  # the partial's last write failed: it is not kept half-described
         finally:
             if self._frames_written == 0 or not keep:
-                _remove(self._partial)
+                remove_stack(self._partial)
             self._lock.release()
 
     def __enter__(self) -> StackWriter:
@@ -699,7 +699,8 @@ def _check_free_space(path: Path, nbytes: int) -> None:
         )
 
 
-def _remove(path: Path) -> None:
+def remove_stack(path: Path) -> None:
+    """Delete a stack file or zarr folder, if it is there."""
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
