@@ -201,11 +201,16 @@ def test_cancel_stops_after_the_current_frame_and_keeps_what_was_written(dock, q
 
 
 def test_settings_are_locked_while_a_run_goes(dock, qtbot):
+    from napari.utils import progress
+
     viewer, widget = dock
     widget.start()
     assert not widget.spacing.enabled and not widget.method.enabled
+    # The run also shows in napari's activity panel, and leaves it when done.
+    assert [p.total for p in progress._all_instances] == [16]
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert widget.spacing.enabled and widget.method.enabled and widget.output.enabled
+    assert not list(progress._all_instances)
 
 
 def test_the_view_shows_the_whole_rescaled_lr_layer(make_napari_viewer, small_experiment):

@@ -29,6 +29,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from napari.qt.threading import thread_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QSize, Qt, Signal
 from qtpy.QtWidgets import QScrollArea
@@ -153,6 +154,7 @@ class FusionWidget(Container):
         self._stop = threading.Event()
         self._started = 0.0
         self._last_progress = 0.0
+        self._activity: progress | None = None
 
         layers = self._image_layers
         self.lr = ComboBox(label="LR stream", choices=layers, nullable=True)
@@ -482,6 +484,8 @@ class FusionWidget(Container):
             return
         self._say("preparing: normalizing the stacks and loading the method...")
         self.progress.max, self.progress.value = plan.n_frames, 0
+        # The same progress in napari's activity panel, where it shows with the dock hidden.
+        self._activity = progress(total=plan.n_frames, desc=f"fusing ({plan.method})")
         self._started = time.perf_counter()
         self._run_in_background(
             fusion_steps, plan, self._stop, yielded=self._on_yielded, finished=self._on_finished
@@ -556,6 +560,9 @@ class FusionWidget(Container):
             return
         self._last_progress = now
         self.progress.value = done
+        if self._activity is not None:
+            self._activity.n = done
+            self._activity.refresh()
         rate = done / max(now - self._started, 1e-9)
         left = (self.progress.max - done) / rate if rate > 0 else float("nan")
         self.speed.value = (
@@ -573,6 +580,9 @@ class FusionWidget(Container):
     def _on_finished(self) -> None:
         self.worker = None
         self._set_running(False)
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
         layer, plan = self.result_layer, self._plan
         done = 0 if layer is None else len(layer.metadata[RECORD_KEY].done)
         if layer is not None and done:
