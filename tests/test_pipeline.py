@@ -42,6 +42,8 @@ def test_values_the_normalization_clipped_come_back_where_the_hr_camera_saw_them
         assert spot.min() > 55000, (t, spot.min())
     # Around the spot the scene stays in its own range: nothing else is lifted.
     assert fused[:, :30].max() < 2000
+    # Each of the three keyframes was read once in camera units, not once per output frame.
+    assert inputs.hr_source.reads == 3
 
 
 def test_spot_seen_in_one_keyframe_only_is_left_at_the_clip(tmp_path):

@@ -66,7 +66,7 @@ from .io.write import claim, file_identity
 from .methods import create_method, method_names
 from .normalize import Normalization
 from .pipeline import FusionResult, camera_units, output_metadata, prepare_inputs
-from .streaming import FusedFrame, ProgressCallback, output_times
+from .streaming import FrameCache, FusedFrame, ProgressCallback, output_times
 from .timeline import Timeline
 
 if TYPE_CHECKING:
@@ -584,7 +584,7 @@ def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any,
         stacks = (
             _SynchronousStack(job.lr_norm.apply(lr_raw)),
             _SynchronousStack(job.hr_norm.apply(hr_raw)),
-            _SynchronousStack(hr_raw),
+            FrameCache(_SynchronousStack(hr_raw), capacity=2, dtype=None),
         )
         _CACHE.stacks[job.run] = stacks
         while len(_CACHE.stacks) > 2:

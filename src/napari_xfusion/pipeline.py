@@ -42,7 +42,7 @@ from .normalize import (
     restore_clipped,
 )
 from .simulate import bin_frames, noise_b0, noisy_frame
-from .streaming import FusedFrame, MappedFrames, ProgressCallback, output_times
+from .streaming import FrameCache, FusedFrame, MappedFrames, ProgressCallback, output_times
 from .timeline import Timeline, full_rate_keyframes, keyframe_position
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class FusionInputs:
     sources : tuple
         :func:`~napari_xfusion.io.source_stamp` of the LR and HR files when opened (None for
         arrays); :meth:`check_unchanged` compares them with the files as they are now.
-    hr_source : dask.array.Array or None
+    hr_source : FrameCache or None
         The HR keyframes in the camera's units, unclipped (registered, if a registration
         was given), from which :meth:`camera_units` restores clipped values.
     """
@@ -204,7 +204,8 @@ def prepare_inputs(
         hr_norm=hr_norm,
         registration=registration,
         sources=sources,
-        hr_source=hr_raw,
+        # Consecutive outputs share their keyframes: each is read once for camera_units.
+        hr_source=FrameCache(hr_raw, capacity=2, dtype=None),
     )
 
 
@@ -379,7 +380,7 @@ def _set_aside_partial(output: Path, fingerprint: str) -> Path | None:
         return None
     try:
         found = read_metadata(source).get("fingerprint")
-    except (StackError, OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # StackError is a ValueError
         raise StackError(
             f"{source} cannot be read ({err}); pass --overwrite to start over."
         ) from err

@@ -9,6 +9,7 @@ background thread while the current output is fused.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,37 +61,44 @@ class FrameCache:
     frame is read from storage once per pass. Frames asked for with :meth:`prefetch` are
     read in a background thread while the caller works.
 
+    Frames may be asked for from several threads; they are read one at a time.
+
     Parameters
     ----------
     stack : array-like, shape (n, y, x)
         numpy array, dask array, or anything indexable by frame that ``np.asarray`` accepts.
     capacity : int
         Number of frames kept.
+    dtype : dtype-like or None
+        Type the frames are converted to (None: kept as the stack stores them).
     """
 
-    def __init__(self, stack, capacity: int = 8) -> None:
+    def __init__(self, stack, capacity: int = 8, dtype=np.float32) -> None:
         self.stack = stack
         self.capacity = max(int(capacity), 1)
+        self.dtype = dtype
         self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
         self._pending: dict[int, Future] = {}
         self._reader: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
         self.reads = 0
 
     def _read(self, i: int) -> np.ndarray:
-        return np.asarray(self.stack[i], dtype=np.float32)
+        return np.asarray(self.stack[i], dtype=self.dtype)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        frame = self._frames.get(i)
-        if frame is None:
-            pending = self._pending.pop(i, None)
-            frame = self._read(i) if pending is None else pending.result()
-            self.reads += 1
-            self._frames[i] = frame
-            if len(self._frames) > self.capacity:
-                self._frames.popitem(last=False)
-        else:
-            self._frames.move_to_end(i)
-        return frame
+        with self._lock:
+            frame = self._frames.get(i)
+            if frame is None:
+                pending = self._pending.pop(i, None)
+                frame = self._read(i) if pending is None else pending.result()
+                self.reads += 1
+                self._frames[i] = frame
+                if len(self._frames) > self.capacity:
+                    self._frames.popitem(last=False)
+            else:
+                self._frames.move_to_end(i)
+            return frame
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """Frames at ``indices`` stacked into ``(len(indices), y, x)``."""
@@ -98,11 +106,12 @@ class FrameCache:
 
     def prefetch(self, indices: Sequence[int]) -> None:
         """Start reading the frames at ``indices`` that are neither kept nor on their way."""
-        for i in indices:
-            if i not in self._frames and i not in self._pending:
-                if self._reader is None:
-                    self._reader = ThreadPoolExecutor(1, thread_name_prefix="xfusion-reader")
-                self._pending[i] = self._reader.submit(self._read, i)
+        with self._lock:
+            for i in indices:
+                if i not in self._frames and i not in self._pending:
+                    if self._reader is None:
+                        self._reader = ThreadPoolExecutor(1, thread_name_prefix="xfusion-reader")
+                    self._pending[i] = self._reader.submit(self._read, i)
 
     def close(self) -> None:
         """Stop the background reader (frames on their way are dropped)."""
