@@ -66,12 +66,13 @@ def test_dask_input_with_any_chunks():
 
 
 def test_array_like_stack_with_unfused_frames():
-    # The stack a running fusion fills: frames not fused yet read as zeros.
-    result = ResultStack((4, 3, 3), np.float32)
-    result[1] = np.full((3, 3), 0.5, np.float32)
+    # The stack a running fusion fills: frames not fused yet read as NaN, counted as 0.
+    result = ResultStack((4, 3, 3), np.uint16)
+    result[1] = np.full((3, 3), 500)
+    result[2] = np.full((3, 3), 1000)
     values = ratio_to_previous(result).compute()
     assert np.isfinite(values).all()
-    np.testing.assert_allclose(values[:, 0, 0], [1, 0.5 / 1e-6, 1e-6 / 0.5, 1], rtol=1e-5)
+    np.testing.assert_allclose(values[:, 0, 0], [1, 500, 2, 1 / 1000], rtol=1e-5)
 
 
 def test_short_stacks_and_bad_input():

@@ -200,6 +200,27 @@ def test_cancel_stops_after_the_current_frame_and_keeps_what_was_written(dock, q
     assert "left" not in widget.speed.value and "cancelled" in widget.speed.value
 
 
+def test_unfused_frames_let_the_inputs_show_through(
+    make_napari_viewer, small_experiment, tiny_weights, qtbot
+):
+    # Shown: a hidden window with a dock widget renders a blank canvas.
+    viewer, widget = open_dock(
+        make_napari_viewer, small_experiment, tiny_weights["stf"], show=True
+    )
+    widget.start()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    result = widget.result_layer
+    assert result.metadata[RECORD_KEY].done == {0}
+    viewer.layers["HR ground truth"].visible = False
+    viewer.dims.set_point(0, 8)  # not fused: the HR keyframe and LR frame below must show
+    with_result = viewer.screenshot(canvas_only=True, flash=False)
+    result.visible = False
+    without = viewer.screenshot(canvas_only=True, flash=False)
+    assert without[..., :3].std() > 5
+    np.testing.assert_array_equal(with_result, without)
+
+
 def test_settings_are_locked_while_a_run_goes(dock, qtbot):
     from napari.utils import progress
 

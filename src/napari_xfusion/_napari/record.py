@@ -65,9 +65,10 @@ class FusionRecord:
 class ResultStack:
     """The fused frames of a run as a ``(t, y, x)`` array that napari can show while it grows.
 
-    Frames not fused yet read as zeros. With ``capacity`` set, only that many most recent
-    frames are kept (a run streamed to a file, whose layer is reopened from the file when it
-    ends), so a long run never fills the memory.
+    Frames not fused yet (or cancelled) read as NaN, which napari draws see-through: the
+    input layers below show there instead of a black frame. With ``capacity`` set, only that
+    many most recent frames are kept (a run streamed to a file, whose layer is reopened from
+    the file when it ends), so a long run never fills the memory.
 
     Parameters
     ----------
@@ -85,7 +86,8 @@ class ResultStack:
         self.ndim = 3
         self.capacity = capacity
         self._frames: dict[int, np.ndarray] = {}
-        self._blank = np.zeros(self.shape[1:], self.dtype)
+        # Float whatever the frames' type: an integer type has no NaN.
+        self._blank = np.full(self.shape[1:], np.nan, np.float32)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -113,4 +115,7 @@ class ResultStack:
         return frames[(slice(None), *rest)]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return self[:].astype(dtype or self.dtype, copy=False)
+        frames = self[:]
+        if dtype is None and len(self._frames) < self.shape[0]:
+            return frames  # float with NaN where frames are missing
+        return frames.astype(dtype or self.dtype, copy=False)
