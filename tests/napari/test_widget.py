@@ -62,10 +62,15 @@ def test_guesses_layers_and_places_them_on_one_time_axis(dock, small_experiment)
     assert widget.run_button.enabled, widget.message.value
     widget.offset.value = 1
     hr, lr = viewer.layers["HR keyframes"], viewer.layers["LR stream"]
-    assert tuple(hr.scale) == (5, 1, 1) and hr.translate[0] == 1
     assert tuple(lr.scale) == (1, 4, 4) and tuple(lr.translate[1:]) == (1.5, 1.5)
-    # Keyframe j is drawn at world time offset + j * D.
-    assert hr.data_to_world((2, 0, 0))[0] == 11
+    # At LR time t the keyframe in effect shows: j = (t - offset) // D, from its own time
+    # until the next keyframe's; none before the first keyframe.
+    viewer.dims.set_point(0, 0)
+    assert hr._data_view.size == 1
+    for t in range(1, lr.data.shape[0]):
+        viewer.dims.set_point(0, t)
+        np.testing.assert_array_equal(hr._data_view, hr.data[(t - 1) // 5], err_msg=f"t={t}")
+        np.testing.assert_array_equal(lr._data_view, lr.data[t])
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from ..demo import sample_experiment
+from .placement import keyframe_time_placement
 
 
 def sample_lpbf() -> list[tuple]:
     """Full-rate HR ground truth, the binned noisy LR stream and the HR keyframes.
 
     The three layers share one world: LR pixels are scaled by 4 to overlay the HR frames,
-    and keyframe ``j`` sits at time ``offset + j * D`` so scrubbing shows matching moments.
+    and at each LR time the keyframe in effect shows (see :func:`.keyframe_time_placement`).
     """
     exp = sample_experiment()
     m = exp.timeline.model
+    time_scale, time_shift = keyframe_time_placement(m)
     labels = ("t", "y", "x")
     return [
         (exp.truth, {"name": "HR ground truth", "axis_labels": labels, "visible": False}, "image"),
@@ -21,8 +23,8 @@ def sample_lpbf() -> list[tuple]:
             {
                 "name": "HR keyframes",
                 "axis_labels": labels,
-                "scale": (m.spacing, 1, 1),
-                "translate": (m.offset, 0, 0),
+                "scale": (time_scale, 1, 1),
+                "translate": (time_shift, 0, 0),
                 "metadata": {"time_model": m},
             },
             "image",

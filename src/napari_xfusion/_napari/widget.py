@@ -50,6 +50,7 @@ from .jobs import (
     fusion_steps,
     registration_steps,
 )
+from .placement import keyframe_time_placement
 from .record import RECORD_KEY, FusionRecord, ResultStack
 
 #: Methods in the order the menu offers them; others registered later follow.
@@ -408,6 +409,9 @@ class FusionWidget(Container):
     def _place_layers(self, model: TimeModel) -> None:
         """Put both stacks on the LR time axis and the fusion grid, so scrubbing matches.
 
+        At LR time t the HR layer shows the keyframe in effect: the latest one taken at or
+        before t (none before the first keyframe).
+
         World units are pixels of the fusion grid (``scale`` per LR pixel). Without a
         registration the HR layer already is that grid; with one, the HR camera's frames are
         drawn through its transform (an affine), so that they lie over the LR frames.
@@ -427,7 +431,8 @@ class FusionWidget(Container):
         if self.full_rate.value:
             hr.scale, hr.translate = (1, *hr_scale), (0, *hr_shift)
         else:
-            hr.scale, hr.translate = (model.spacing, *hr_scale), (model.offset, *hr_shift)
+            time_scale, time_shift = keyframe_time_placement(model)
+            hr.scale, hr.translate = (time_scale, *hr_scale), (time_shift, *hr_shift)
         # An LR pixel covers s HR pixels, so its centre sits (s - 1) / 2 HR pixels in.
         placed = (1, *(s * hr_scale)), (0, *(hr_shift + (s - 1) / 2 * hr_scale))
         moved = not np.allclose(lr.scale, placed[0]) or not np.allclose(lr.translate, placed[1])
