@@ -31,6 +31,13 @@ def tiny_weights(tmp_path_factory):
     return paths
 
 
+def activities() -> list[str]:
+    """What napari's activity panel lists now."""
+    from napari.utils import progress
+
+    return [p.desc for p in progress._all_instances]
+
+
 def open_dock(make_napari_viewer, exp, weights, show=False):
     """A viewer with ``exp`` loaded and the fusion dock set to its time model."""
     viewer = make_napari_viewer(show=show)
@@ -234,9 +241,40 @@ def test_settings_are_locked_while_a_run_goes(dock, qtbot):
     assert not widget.spacing.enabled and not widget.method.enabled
     # The run also shows in napari's activity panel, and leaves it when done.
     assert [p.total for p in progress._all_instances] == [16]
+    assert activities() == ["fusing (stf)"]
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert widget.spacing.enabled and widget.method.enabled and widget.output.enabled
-    assert not list(progress._all_instances)
+    assert not activities()
+
+
+def test_closing_the_dock_ends_its_activity(dock, qtbot):
+    viewer, widget = dock
+    widget.start_assessment()
+    assert activities()
+    viewer.window.remove_dock_widget("all")
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: not activities(), timeout=WAIT_MS)
+
+
+def test_settings_a_beginner_never_needs_are_folded_away(dock):
+    viewer, widget = dock
+    sections = {
+        widget.network_section: ("weights", "device", "precision", "batch", "tile", "overlap"),
+        widget.calibration_section: ("calibrate_minutes", "calibrated_out", "calibrate_button"),
+    }
+    for section, names in sections.items():
+        # Folded: the section's content takes no height in the form until opened.
+        assert not section.isExpanded() and section.content().maximumHeight() == 0
+        for name in names:
+            assert section.isAncestorOf(getattr(widget, name).native), name
+        section.expand(animate=False)
+        assert section.content().maximumHeight() > 0
+    for name in ("lr", "hr", "spacing", "method", "run_button", "assess_button"):
+        assert not any(s.isAncestorOf(getattr(widget, name).native) for s in sections), name
+    # What they say reaches the run.
+    widget.precision.value, widget.batch.value = "fp32", 2
+    engine = widget.plan().engine
+    assert (engine.precision, engine.batch) == ("fp32", 2)
 
 
 def test_the_view_shows_the_whole_rescaled_lr_layer(make_napari_viewer, small_experiment):
@@ -245,7 +283,7 @@ def test_the_view_shows_the_whole_rescaled_lr_layer(make_napari_viewer, small_ex
     viewer.add_image(small_experiment.hr, name="HR keyframes")
     FusionWidget(viewer)  # rescales the LR layer 4x onto the fusion grid
     _, h, w = small_experiment.hr.shape
-    np.testing.assert_allclose(viewer.camera.center[-2:], ((h - 1) / 2, (w - 1) / 2), atol=2)
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], ((h - 1) / 2, (w - 1) / 2), atol=2)
 
 
 def test_own_file_names_are_recognised(make_napari_viewer, small_experiment):
@@ -296,9 +334,20 @@ def test_calibration_runs_in_the_background_and_reports(dock, qtbot, monkeypatch
         return CalibrationConfig(iterations=3, batch_size=2, lr_crop=8, **settings)
 
     monkeypatch.setattr(_widget, "CalibrationConfig", quick)
+    chosen = tmp_path / "scan42-calibrated.safetensors"
+    widget.calibrated_out.value = str(chosen)
     widget.start_calibration()
+    assert activities() == ["calibrating the network"]
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert not activities()
     assert "held-out keyframes" in widget.message.value or "calibration" in widget.message.value
+    # Saved where the user chose (whatever the verdict), not in a temporary folder.
+    assert read_weights_metadata(chosen)["format"] == "napari-xfusion-weights"
+    # It now exists: a second calibration to it needs the replace box ticked.
+    widget.calibrated_out.value = ""
+    widget.calibrated_out.value = str(chosen)
+    assert not widget.calibrate_button.enabled and "exists" in widget.message.value
+    widget.calibrated_out.value = ""
     views = [
         w for w in viewer.window.dock_widgets.values()
         if w.__class__.__name__ == "CalibrationView"
@@ -324,7 +373,9 @@ def test_assessment_shows_the_table_and_selects_the_best(dock, qtbot):
     viewer, widget = dock
     widget.method.value = "bicubic"
     widget.start_assessment()
+    assert activities() == ["assessing the methods"]
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert not activities()
     table = widget.assessment.value
     # The networks run with their bundled weights (the weights file is bicubic's here).
     for name in ("bicubic", "transfer", "bayes", "stf"):
@@ -368,7 +419,9 @@ def test_registering_two_cameras_lets_them_fuse(make_napari_viewer, qtbot):
     assert not widget.run_button.enabled and "register them first" in widget.message.value
     widget.estimate_offset.value = True
     widget.start_registration()
+    assert activities() == ["registering the cameras"]
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert not activities()
     assert widget.registration is not None, widget.message.value
     assert widget.offset.value == 3 and "registered:" in widget.message.value
     assert "Registration check (checkerboard)" in viewer.layers

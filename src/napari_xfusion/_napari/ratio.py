@@ -5,7 +5,7 @@ with at least 2 frames; a selected ratio view stands for its source, so selectin
 running the command again refreshes it. When no selected layer qualifies, every such
 layer in the viewer gets one. The view of the HR keyframe layer divides each keyframe by
 the previous keyframe, and, sharing that layer's scale and translate, sits at the
-keyframe times. A layer being fused reads its unfused frames as zeros: run the command
+keyframe times. A layer being fused reads its unfused frames as NaN (counted as 0): run the command
 again when the run has finished to see the whole sequence.
 """
 

@@ -14,6 +14,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QSize, Qt, Signal
 from qtpy.QtWidgets import QScrollArea
+from superqt import QCollapsible
 
 from ..checks import check_scale, full_rate_selection
 from ..config import MODEL_ARCHS, CalibrationConfig, EngineConfig, TimeModel
@@ -63,26 +65,56 @@ STREAMING_CACHE = 2**30
 PROGRESS_INTERVAL = 0.2
 
 
+class _Lines(QObject):
+    """Carries report lines from a worker thread to the GUI thread."""
+
+    line = Signal(str)
+
+
 class _Background:
-    """The running worker and its stop flag, kept apart from the widget.
+    """The running worker, its stop flag and its report lines, kept apart from the widget.
 
     When the dock (or the viewer) closes, its Qt objects are deleted while a worker may
     still run; the worker's next signal would then reach deleted widgets and abort Python.
     :meth:`stop` is connected to the dock's ``destroyed`` signal: it stops the work at the
     next frame and cuts the worker off from the widget first.
+
+    Parameters
+    ----------
+    say : callable
+        Receives, in the GUI thread, each line the work passes to :meth:`report`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None]) -> None:
         self.worker = None
         self.handlers: dict = {}
         self.stop_event = threading.Event()
+        self.activity: progress | None = None
+        self._lines = _Lines()
+        self._lines.line.connect(say)
 
-    def start(self, worker, handlers: dict, stop_event: threading.Event) -> None:
+    def report(self, text: str) -> None:
+        """Pass a line to the dock; callable from the worker thread."""
+        self._lines.line.emit(text)
+
+    def start(
+        self, worker, handlers: dict, stop_event: threading.Event, activity: progress
+    ) -> None:
         self.worker, self.handlers, self.stop_event = worker, handlers, stop_event
+        self.activity = activity
         worker.start()
+
+    def end_activity(self) -> None:
+        """Take the work's entry out of napari's activity panel."""
+        activity, self.activity = self.activity, None
+        if activity is not None:
+            activity.close()
 
     def stop(self, *_) -> None:
         self.stop_event.set()
+        self.end_activity()
+        with contextlib.suppress(TypeError, RuntimeError):  # already disconnected
+            self._lines.line.disconnect()
         worker, self.worker = self.worker, None
         if worker is None:
             return
@@ -93,12 +125,6 @@ class _Background:
             except (TypeError, RuntimeError):  # already gone
                 pass
         worker.quit()
-
-
-class _Lines(QObject):
-    """Carries report lines from a worker thread to the GUI thread."""
-
-    line = Signal(str)
 
 
 #: What each setting means, shown when the pointer rests on it (attribute: text).
@@ -117,15 +143,20 @@ _TOOLTIPS = {
     "weights": "A .safetensors file from xfusion train or calibration; empty uses the "
     "bundled weights.",
     "device": "Where the network runs; auto picks a GPU when there is one.",
+    "precision": "Number format of the network's arithmetic: auto uses bf16 where the "
+    "processor computes it natively (faster, same result to about 66 dB), else fp32.",
+    "batch": "Tiles the network fuses at once; more is faster on a GPU and uses more memory.",
     "tile": "Networks fuse large frames in overlapping tiles; smaller tiles use less memory.",
     "overlap": "LR pixels shared by neighbouring tiles, blended to hide seams.",
     "truth": "A full-rate HR stack of the same event (simulations): the dock then reports "
     "each frame's PSNR.",
     "output": "Stream the fused frames to this .tif or .zarr as they are made (optional).",
-    "overwrite": "Replace an existing output; also discards the frames of an interrupted run "
-    "to that file.",
+    "overwrite": "Replace an existing output or calibrated weights file; also discards the "
+    "frames of an interrupted run to that file.",
     "calibrate_minutes": "How long to fine-tune the network on this recording's keyframes; a "
     "few minutes on a laptop.",
+    "calibrated_out": "Where to save the calibrated weights (.safetensors), whether or not "
+    "they helped; empty keeps them in a temporary folder.",
     "calibrate_button": "Fine-tune the network on this recording's keyframes, and say "
     "whether it helped on keyframes it did not train on.",
     "assess_button": "Predict each keyframe from its neighbours with every method and rank "
@@ -172,6 +203,8 @@ class FusionWidget(Container):
         devices = available_devices()
         self.device = ComboBox(label="device", choices=["auto", *devices])
         self.badge = Label(label="runs on")
+        self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16", "fp16"])
+        self.batch = SpinBox(label="tiles per pass", value=EngineConfig.batch, min=1, max=256)
         self.tile = SpinBox(label="tile size, LR pixels (0 = auto)", value=0, min=0, max=8192)
         self.overlap = SpinBox(label="tile overlap, LR pixels", value=16, min=0, max=512)
         self.truth = ComboBox(label="ground truth (optional)", choices=layers, nullable=True)
@@ -189,6 +222,9 @@ class FusionWidget(Container):
         self.speed = Label(label="")
         self.calibrate_button = PushButton(text="Calibrate on keyframes")
         self.calibrate_minutes = SpinBox(label="calibration minutes", value=5, min=1, max=600)
+        self.calibrated_out = FileEdit(
+            label="save calibrated weights to", mode="w", filter="*.safetensors"
+        )
         self.assess_button = PushButton(text="Assess methods on keyframes")
         self.assessment = Label(label="")
         self.assessment.native.setStyleSheet("font-family: monospace")
@@ -197,21 +233,29 @@ class FusionWidget(Container):
         self.registration: Registration | None = None
         self.extend([
             self.lr, self.hr, self.register_button, self.estimate_offset, self.full_rate,
-            self.spacing, self.offset, self.separation,
-            self.scale, self.method, self.weights, self.device, self.badge, self.tile,
-            self.overlap, self.truth, self.output, self.overwrite, self.message,
-            self.run_button, self.cancel_button, self.progress, self.speed,
-            self.assess_button, self.assessment, self.calibrate_minutes, self.calibrate_button,
+            self.spacing, self.offset, self.separation, self.scale, self.method, self.badge,
+            self.truth, self.output, self.overwrite, self.message, self.run_button,
+            self.cancel_button, self.progress, self.speed, self.assess_button, self.assessment,
         ])
+        # What a beginner never needs waits, folded, under the main form.
+        self.network_section = self._add_section(
+            "Network and device",
+            [self.weights, self.device, self.precision, self.batch, self.tile, self.overlap],
+            before=self.message,
+        )
+        self.calibration_section = self._add_section(
+            "Calibrate the network on this recording",
+            [self.calibrate_minutes, self.calibrated_out, self.calibrate_button],
+        )
         for name, text in _TOOLTIPS.items():
             getattr(self, name).tooltip = text
         self._guess_layers()
 
         self._settings = [
             self.lr, self.hr, self.full_rate, self.spacing, self.offset, self.separation,
-            self.scale, self.method, self.weights, self.device, self.tile, self.overlap,
-            self.truth, self.output, self.overwrite, self.estimate_offset,
-            self.calibrate_minutes,
+            self.scale, self.method, self.weights, self.device, self.precision, self.batch,
+            self.tile, self.overlap, self.truth, self.output, self.overwrite,
+            self.estimate_offset, self.calibrate_minutes, self.calibrated_out,
         ]
         self._calibration_dock = None
         self.hr.changed.connect(self._read_time_model)
@@ -227,10 +271,27 @@ class FusionWidget(Container):
             choice.changed.connect(self._on_dataset_changed)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
-        self._background = _Background()
+        self._background = _Background(self._say)
         self.native.destroyed.connect(self._background.stop)
         self._read_time_model()
         self._on_change()
+
+    def _add_section(self, title: str, widgets: list, before=None) -> QCollapsible:
+        """A folded section of ``widgets`` in the form, above ``before`` (None: at the end).
+
+        magicgui has no folding container: the section's own labelled form goes into a
+        superqt QCollapsible placed in this form's layout.
+        """
+        form = Container(widgets=widgets, labels=True)
+        form.margins = (0, 0, 0, 0)
+        section = QCollapsible(title)
+        section.addWidget(form.native)
+        layout = self.native.layout()
+        index = layout.count() if before is None else layout.indexOf(before.native.parent())
+        if index < 0:  # `before` is not wrapped in a label row
+            index = layout.indexOf(before.native)
+        layout.insertWidget(index, section)
+        return section
 
     # --- settings -------------------------------------------------------------------
 
@@ -353,7 +414,10 @@ class FusionWidget(Container):
                     "choose an output file to stream it to disk."
                 )
         tile = self.tile.value or None
-        engine = EngineConfig(device=self.device.value, tile=tile, overlap=self.overlap.value)
+        engine = EngineConfig(
+            device=self.device.value, tile=tile, overlap=self.overlap.value,
+            batch=self.batch.value, precision=self.precision.value,
+        )
         return FusionPlan(
             lr=lr.data, hr=hr.data, truth=None if truth is None else truth.data,
             time_model=time_model, hr_full_rate=self.full_rate.value, method=method,
@@ -382,6 +446,18 @@ class FusionWidget(Container):
             self._say(ready)
         self.run_button.enabled = self.assess_button.enabled = True
         self.calibrate_button.enabled = plan.method == "stf"
+        try:
+            self._calibrated_out()
+        except ValueError as err:
+            self._say(str(err), error=True)
+            self.calibrate_button.enabled = False
+
+    def _calibrated_out(self) -> Path | None:
+        """The checked file the calibrated weights go to, or None for a temporary one."""
+        path = self._path(self.calibrated_out)
+        if path is None:
+            return None
+        return check_output_path(path, overwrite=self.overwrite.value, suffixes=(".safetensors",))
 
     def _show_device(self) -> None:
         choice = self.device.value
@@ -475,12 +551,16 @@ class FusionWidget(Container):
         self._plan, self._failed = plan, False
         return plan
 
-    def _run_in_background(self, work, *args, **handlers) -> None:
+    def _run_in_background(self, work, *args, activity: str, total: int = 0, **handlers) -> None:
+        """Run ``work(*args)`` in a worker thread, shown in napari's activity panel as
+        ``activity`` (with ``total`` steps; 0: busy without a count)."""
         # Handlers are given at creation: a worker without an `errored` handler re-raises.
         connect = {"errored": self._on_error, **handlers}
         self.worker = thread_worker(work, start_thread=False, connect=connect)(*args)
         self._set_running(True)
-        self._background.start(self.worker, connect, self._stop)
+        # The same progress as the dock's, where it shows with the dock hidden.
+        self._activity = progress(total=total, desc=activity)
+        self._background.start(self.worker, connect, self._stop, self._activity)
 
     def start(self) -> None:
         """Start fusing with the current settings (a no-op while a run is going)."""
@@ -489,17 +569,20 @@ class FusionWidget(Container):
             return
         self._say("preparing: normalizing the stacks and loading the method...")
         self.progress.max, self.progress.value = plan.n_frames, 0
-        # The same progress in napari's activity panel, where it shows with the dock hidden.
-        self._activity = progress(total=plan.n_frames, desc=f"fusing ({plan.method})")
         self._started = time.perf_counter()
         self._run_in_background(
-            fusion_steps, plan, self._stop, yielded=self._on_yielded, finished=self._on_finished
+            fusion_steps, plan, self._stop, activity=f"fusing ({plan.method})",
+            total=plan.n_frames, yielded=self._on_yielded, finished=self._on_finished,
         )
 
     def cancel(self) -> None:
-        """Stop the run after the frame being fused."""
+        """Stop the work after its current step (a fusion: the frame being fused)."""
         self._stop.set()
-        self._say("cancelling after the current frame...")
+        activity = self._background.activity
+        if activity is not None and not activity.desc.startswith("fusing"):
+            self._say(f"cancelling: {activity.desc} stops after its current step...")
+        else:
+            self._say("cancelling after the current frame...")
 
     def _set_running(self, running: bool) -> None:
         # A run works from the plan made at its start: settings changed meanwhile would
@@ -510,6 +593,9 @@ class FusionWidget(Container):
         self.register_button.enabled = not running
         self.calibrate_button.enabled = not running
         self.cancel_button.enabled = running
+        if not running:
+            self._background.end_activity()
+            self._activity = None
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Prepared):
@@ -585,9 +671,6 @@ class FusionWidget(Container):
     def _on_finished(self) -> None:
         self.worker = None
         self._set_running(False)
-        if self._activity is not None:
-            self._activity.close()
-            self._activity = None
         layer, plan = self.result_layer, self._plan
         done = 0 if layer is None else len(layer.metadata[RECORD_KEY].done)
         if layer is not None and done:
@@ -620,18 +703,23 @@ class FusionWidget(Container):
         if plan is None:
             return
 
-        out = Path(tempfile.mkdtemp(prefix="xfusion-calibrated-")) / "calibrated.safetensors"
+        try:
+            out = self._calibrated_out()
+        except ValueError as err:
+            show_error(str(err))
+            return
+        if out is None:
+            out = Path(tempfile.mkdtemp(prefix="xfusion-calibrated-")) / "calibrated.safetensors"
         config = CalibrationConfig(
             device=plan.engine.device, max_minutes=float(self.calibrate_minutes.value),
             out=str(out),
         )
-        self._lines = _Lines()  # kept alive while the worker reports
-        self._lines.line.connect(self._say)
         self.progress.max, self.progress.value = 0, 0  # busy indicator
         self._say("calibrating: preparing the keyframes...")
         self._run_in_background(
-            calibration_steps, plan, config, self._stop, self._lines.line.emit,
-            returned=self._on_calibrated, finished=self._on_background_finished,
+            calibration_steps, plan, config, self._stop, self._background.report,
+            activity="calibrating the network", returned=self._on_calibrated,
+            finished=self._on_background_finished,
         )
 
     def _on_calibrated(self, result) -> None:
@@ -679,8 +767,10 @@ class FusionWidget(Container):
         self._registered = None
         self._run_in_background(
             registration_steps, lr.data, hr.data, time_model, self.estimate_offset.value,
-            returned=self._keep_registration, finished=self._on_registered,
+            activity="registering the cameras", returned=self._keep_registration,
+            finished=self._on_registered,
         )
+        self.cancel_button.enabled = False  # the search runs to its end
 
     def _keep_registration(self, result) -> None:
         self._registered = result
@@ -718,13 +808,12 @@ class FusionWidget(Container):
         if plan is None:
             return
 
-        self._lines = _Lines()  # kept alive while the worker reports
-        self._lines.line.connect(self._say)
         self.progress.max, self.progress.value = 0, 0  # busy indicator
         self._say("assessing: normalizing the stacks...")
         self._run_in_background(
-            assessment_steps, plan, self._stop, self._lines.line.emit,
-            returned=self._on_assessed, finished=self._on_background_finished,
+            assessment_steps, plan, self._stop, self._background.report,
+            activity="assessing the methods", returned=self._on_assessed,
+            finished=self._on_background_finished,
         )
 
     def _on_assessed(self, assessment) -> None:
