@@ -114,6 +114,7 @@ def test_widgets_and_menus_are_contributed(make_napari_viewer):
     assert in_submenu == {
         "napari-xfusion.fusion_widget",
         "napari-xfusion.ratio_views",
+        "napari-xfusion.side_by_side",
         "napari-xfusion.attention_plot",
     }
     viewer = make_napari_viewer()

@@ -123,6 +123,8 @@ def test_fuses_into_a_layer_and_a_file(dock, qtbot, tmp_path, small_experiment):
     assert written.shape == (n, *small_experiment.truth.shape[1:])
     # When the run ends the layer shows the file, every frame filled in.
     np.testing.assert_array_equal(np.asarray(layer.data), written)
+    assert widget.speed.value.startswith(f"{n}/{n} frames") and "left" not in widget.speed.value
+    assert record.inputs == {"lr": "LR stream", "hr": "HR keyframes", "truth": "HR ground truth"}
     assert all(written[t].std() > 0 for t in range(n))
     assert (tmp_path / "fused.attention.csv").exists()
     assert read_metadata(output)["napari_xfusion"]

@@ -27,6 +27,9 @@ class FusionRecord:
         The time model of the fused stacks.
     method : str
         Label of the fusion method.
+    inputs : dict of str to str, optional
+        Names of the layers the run fused: ``"lr"``, ``"hr"`` and, when one was chosen,
+        ``"truth"``.
 
     Attributes
     ----------
@@ -41,9 +44,10 @@ class FusionRecord:
     #: Emitted with the LR time of each frame added.
     updated = Signal(int)
 
-    def __init__(self, timeline: Timeline, method: str) -> None:
+    def __init__(self, timeline: Timeline, method: str, inputs: dict | None = None) -> None:
         self.timeline = timeline
         self.method = method
+        self.inputs: dict[str, str] = dict(inputs or {})
         self.attention = AttentionLog()
         self.psnr: dict[int, float] = {}
         self.done: set[int] = set()
@@ -62,7 +66,42 @@ class FusionRecord:
         return times, np.array([self.psnr[t] for t in times], dtype=float)
 
 
-class ResultStack:
+class _FrameStack:
+    """A ``(t, y, x)`` array-like that makes each frame when napari asks for it.
+
+    Subclasses set ``shape`` and ``dtype`` and define :meth:`frame`.
+    """
+
+    ndim = 3
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+
+    def frame(self, t: int) -> np.ndarray:
+        """Frame ``t`` as an array of shape ``shape[1:]``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0], key[1:]
+        if isinstance(first, (int, np.integer)):
+            return self.frame(int(first))[rest]
+        indices = np.arange(self.shape[0])[first]
+        frames = np.stack([self.frame(int(i)) for i in indices])
+        return frames[(slice(None), *rest)]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        frames = self[:]
+        return frames if dtype is None else frames.astype(dtype, copy=False)
+
+
+class ResultStack(_FrameStack):
     """The fused frames of a run as a ``(t, y, x)`` array that napari can show while it grows.
 
     Frames not fused yet (or cancelled) read as NaN, which napari draws see-through: the
@@ -83,18 +122,10 @@ class ResultStack:
     def __init__(self, shape: tuple[int, int, int], dtype, capacity: int | None = None) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
-        self.ndim = 3
         self.capacity = capacity
         self._frames: dict[int, np.ndarray] = {}
         # Float whatever the frames' type: an integer type has no NaN.
         self._blank = np.full(self.shape[1:], np.nan, np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
 
     def __setitem__(self, index: int, frame: np.ndarray) -> None:
         self._frames.pop(index, None)
@@ -105,17 +136,33 @@ class ResultStack:
     def __contains__(self, index: int) -> bool:
         return index in self._frames
 
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        first, rest = key[0], key[1:]
-        if isinstance(first, (int, np.integer)):
-            return self._frames.get(int(first), self._blank)[rest]
-        indices = np.arange(self.shape[0])[first]
-        frames = np.stack([self._frames.get(int(i), self._blank) for i in indices])
-        return frames[(slice(None), *rest)]
+    def frame(self, t: int) -> np.ndarray:
+        return self._frames.get(t, self._blank)
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        frames = self[:]
-        if dtype is None and len(self._frames) < self.shape[0]:
-            return frames  # float with NaN where frames are missing
-        return frames.astype(dtype or self.dtype, copy=False)
+
+class ErrorStack(_FrameStack):
+    """The signed error ``fused - truth`` of two ``(t, y, x)`` stacks, frame by frame.
+
+    Computed when a frame is shown, in float32 and the stacks' own units: positive where
+    the fused frame is brighter than the truth. Frames not fused yet are NaN.
+
+    Parameters
+    ----------
+    fused, truth : array_like, shape (t, y, x)
+        The same shape; anything that reads one frame by indexing.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, fused, truth) -> None:
+        if tuple(fused.shape) != tuple(truth.shape):
+            raise ValueError(
+                f"the fused stack {tuple(fused.shape)} and the ground truth "
+                f"{tuple(truth.shape)} differ in shape: choose the truth of this recording."
+            )
+        self.shape = tuple(int(n) for n in fused.shape)
+        self.fused, self.truth = fused, truth
+
+    def frame(self, t: int) -> np.ndarray:
+        fused = np.asarray(self.fused[t], np.float32)
+        return fused - np.asarray(self.truth[t], np.float32)

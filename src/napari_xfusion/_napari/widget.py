@@ -220,6 +220,7 @@ class FusionWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.speed = Label(label="")
+        self.speed.native.setWordWrap(True)  # a long line must not widen the dock
         self.calibrate_button = PushButton(text="Calibrate on keyframes")
         self.calibrate_minutes = SpinBox(label="calibration minutes", value=5, min=1, max=600)
         self.calibrated_out = FileEdit(
@@ -626,6 +627,9 @@ class FusionWidget(Container):
         capacity = None if plan.output is None else max(STREAMING_CACHE // per_frame, 1)
         data = ResultStack((plan.n_frames, *plan.frame_shape), hr.data.dtype, capacity)
         scale, translate = self._fused_placement()
+        inputs = {"lr": self.lr.value.name, "hr": hr.name}
+        if self.truth.value is not None:
+            inputs["truth"] = self.truth.value.name
         index = None
         if name in self.viewer.layers:
             old = self.viewer.layers[name]
@@ -640,7 +644,7 @@ class FusionWidget(Container):
             translate=translate,
             axis_labels=("t", "y", "x"),
             multiscale=False,
-            metadata={RECORD_KEY: FusionRecord(timeline, label)},
+            metadata={RECORD_KEY: FusionRecord(timeline, label, inputs)},
         )
         if index is not None:
             self.viewer.layers.move(self.viewer.layers.index(self.result_layer), index)
@@ -655,10 +659,11 @@ class FusionWidget(Container):
             self._activity.n = done
             self._activity.refresh()
         rate = done / max(now - self._started, 1e-9)
-        left = (self.progress.max - done) / rate if rate > 0 else float("nan")
-        self.speed.value = (
-            f"{done}/{self.progress.max} frames, {rate:.2f} frames/s, {left:.0f} s left"
-        )
+        line = f"{done}/{self.progress.max} frames, {rate:.2f} frames/s"
+        if done < self.progress.max:
+            left = (self.progress.max - done) / rate if rate > 0 else float("nan")
+            line += f", {left:.0f} s left"
+        self.speed.value = line
 
     def _on_error(self, err: Exception) -> None:
         self._failed = True
