@@ -13,6 +13,8 @@ x axis of every plot is that index too.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backend_bases import MouseEvent
@@ -27,6 +29,9 @@ from .record import RECORD_KEY, FusionRecord
 
 #: Shortest time between two redraws while frames arrive (ms): a fast run stays fluid.
 REDRAW_INTERVAL_MS = 100
+#: While frames arrive, the plot waits this many times its last redraw's duration before
+#: the next, so that it takes at most about a sixth of the GUI thread's time.
+REDRAW_BACKOFF = 5
 
 # The HR inputs share the colours of their normalized scores.
 _INPUT_COLOURS = ("tab:blue", "tab:cyan", "tab:olive", "tab:purple", "tab:orange")
@@ -41,7 +46,9 @@ class FramePlot(QWidget):
     """A matplotlib dock whose x axis is the frame index of the viewer's time axis.
 
     Subclasses implement :meth:`draw`; :meth:`refresh` clears the figure, calls it, applies
-    the napari theme and adds the frame cursor to the axes :meth:`draw` returns.
+    the napari theme and adds the frame cursor to the axes :meth:`draw` returns. Moving the
+    cursor redraws only the cursor over a saved image of the rest (blitting), so scrubbing
+    the viewer does not redraw the figure.
 
     Parameters
     ----------
@@ -59,7 +66,11 @@ class FramePlot(QWidget):
         self.setLayout(QVBoxLayout())
         self.layout().addWidget(self.canvas)
         self.cursors: list = []
+        #: Seconds the last full redraw took.
+        self.last_draw_seconds = 0.0
+        self._background = None
         self.canvas.mpl_connect("button_press_event", self._on_click)
+        self.canvas.mpl_connect("draw_event", self._on_full_draw)
         self.viewer.dims.events.point.connect(self._move_cursors)
         self.viewer.events.theme.connect(self.refresh)
 
@@ -82,13 +93,19 @@ class FramePlot(QWidget):
 
     def refresh(self) -> None:
         """Redraw the whole figure."""
+        start = time.perf_counter()
         self.figure.clear()
         frame_axes = self.draw()
         self._apply_theme()
         colour = self.theme.current.as_hex()
         t = self.current_frame()
-        self.cursors = [ax.axvline(t, color=colour, linewidth=1.5, zorder=5) for ax in frame_axes]
-        self.canvas.draw_idle()
+        # Animated: left out of full draws and drawn over their saved image instead.
+        self.cursors = [
+            ax.axvline(t, color=colour, linewidth=1.5, zorder=5, animated=True)
+            for ax in frame_axes
+        ]
+        self.canvas.draw()
+        self.last_draw_seconds = time.perf_counter() - start
 
     def show_message(self, text: str) -> None:
         """Replace the figure with a centred message."""
@@ -114,11 +131,25 @@ class FramePlot(QWidget):
                 for label in legend.get_texts():
                     label.set_color(text)
 
+    def _on_full_draw(self, event=None) -> None:
+        """Keep the image of everything but the cursors, then draw the cursors on it."""
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self._draw_cursors()
+
+    def _draw_cursors(self) -> None:
+        for cursor in self.cursors:
+            cursor.axes.draw_artist(cursor)
+
     def _move_cursors(self) -> None:
         t = self.current_frame()
         for cursor in self.cursors:
             cursor.set_xdata([t, t])
-        self.canvas.draw_idle()
+        if self._background is None:
+            self.canvas.draw_idle()
+            return
+        self.canvas.restore_region(self._background)
+        self._draw_cursors()
+        self.canvas.blit(self.figure.bbox)
 
     def _on_click(self, event: MouseEvent) -> None:
         if event.button == 1 and event.inaxes in self.figure.axes and event.xdata is not None:
@@ -147,7 +178,7 @@ class AttentionPlot(FramePlot):
         self.record: FusionRecord | None = None
         # Frames arrive faster than a figure redraws: one redraw per interval, after them.
         self._schedule_redraw = qthrottled(
-            lambda *_: self.refresh(), timeout=REDRAW_INTERVAL_MS, leading=False, parent=self
+            self._redraw_while_fusing, timeout=REDRAW_INTERVAL_MS, leading=False, parent=self
         )
         layers = self.viewer.layers
         layers.events.inserted.connect(self._follow_record)
@@ -236,6 +267,11 @@ class AttentionPlot(FramePlot):
                     color=_INPUT_COLOURS[i], label=INPUT_NAMES[i])
         ax.set_ylabel("raw score")
         ax.legend(fontsize="small", ncols=raw.shape[1], loc="upper center", framealpha=0.7)
+
+    def _redraw_while_fusing(self, *_) -> None:
+        self.refresh()
+        interval = max(REDRAW_INTERVAL_MS, round(1000 * REDRAW_BACKOFF * self.last_draw_seconds))
+        self._schedule_redraw.setTimeout(interval)
 
     def _follow_record(self) -> None:
         record = self.find_record()
