@@ -133,6 +133,41 @@ def test_new_frames_update_the_plot_throttled(viewer, plot, qtbot):
     assert "7 of 12 frames" in plot.figure.axes[0].get_title()
 
 
+def test_the_last_frame_is_drawn_at_once(viewer, plot):
+    record = add_fused_layer(viewer, frames=range(N_FRAMES - 1))
+    record.add(fused_frame(record.timeline, N_FRAMES - 1))
+    assert f"{N_FRAMES} of {N_FRAMES} frames" in plot.figure.axes[0].get_title()
+
+
+def test_redraws_back_off_with_their_own_cost(viewer, plot, qtbot):
+    from napari_xfusion._napari import plots
+
+    record = add_fused_layer(viewer, frames=range(3))
+    plot.last_draw_seconds = 0.0
+    refresh = plot.refresh
+
+    def slow_refresh():
+        refresh()
+        plot.last_draw_seconds = 0.08
+
+    plot.refresh = slow_refresh
+    record.add(fused_frame(record.timeline, 3))
+    qtbot.waitUntil(lambda: "4 of 12" in plot.figure.axes[0].get_title())
+    assert plot._schedule_redraw.timeout() == round(1000 * plots.REDRAW_BACKOFF * 0.08)
+
+
+def test_scrubbing_moves_the_cursor_without_redrawing_the_figure(viewer, plot, qtbot):
+    add_fused_layer(viewer)
+    plot.canvas.draw()
+    full_draws = []
+    plot.canvas.mpl_connect("draw_event", full_draws.append)
+    for t in range(N_FRAMES):
+        viewer.dims.set_point(0, t)
+    qtbot.wait(300)  # a deferred redraw would have come by now
+    assert not full_draws
+    assert [list(c.get_xdata()) for c in plot.cursors] == [[N_FRAMES - 1] * 2]
+
+
 def test_psnr_axis_appears_only_with_a_ground_truth(viewer, plot, qtbot):
     record = add_fused_layer(viewer, frames=range(4))
     assert len(plot.figure.axes) == 1

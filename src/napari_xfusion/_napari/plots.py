@@ -273,6 +273,13 @@ class AttentionPlot(FramePlot):
         interval = max(REDRAW_INTERVAL_MS, round(1000 * REDRAW_BACKOFF * self.last_draw_seconds))
         self._schedule_redraw.setTimeout(interval)
 
+    def _on_frame(self, t: int) -> None:
+        if len(self.record.done) < self.record.timeline.n_lr:
+            self._schedule_redraw()
+        else:  # the last frame: show the whole run now, not after the back-off
+            self._schedule_redraw.cancel()
+            self.refresh()
+
     def _follow_record(self) -> None:
         record = self.find_record()
         if record is not self.record:
@@ -280,8 +287,8 @@ class AttentionPlot(FramePlot):
 
     def _show_record(self, record: FusionRecord | None) -> None:
         if self.record is not None:
-            self.record.updated.disconnect(self._schedule_redraw)
+            self.record.updated.disconnect(self._on_frame)
         self.record = record
         if record is not None:
-            record.updated.connect(self._schedule_redraw)
+            record.updated.connect(self._on_frame)
         self.refresh()

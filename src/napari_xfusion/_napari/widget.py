@@ -33,7 +33,7 @@ from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QSize, Qt, Signal
-from qtpy.QtWidgets import QScrollArea
+from qtpy.QtWidgets import QScrollArea, QSizePolicy, QWidget
 from superqt import QCollapsible
 
 from ..checks import check_scale, full_rate_selection
@@ -235,9 +235,16 @@ class FusionWidget(Container):
         self.extend([
             self.lr, self.hr, self.register_button, self.estimate_offset, self.full_rate,
             self.spacing, self.offset, self.separation, self.scale, self.method, self.badge,
-            self.truth, self.output, self.overwrite, self.message, self.run_button,
-            self.cancel_button, self.progress, self.speed, self.assess_button, self.assessment,
+            self.truth, self.output, self.overwrite, self.run_button, self.cancel_button,
+            self.progress, self.assess_button,
         ])
+        # Status lines and the assessment table span the dock's width: in a labelled row
+        # they would wrap in its right-hand column.
+        for label in (self.message, self.speed, self.assessment):
+            label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self._insert_row(self.message.native, before=self.run_button)
+        self._insert_row(self.speed.native, before=self.assess_button)
+        self._insert_row(self.assessment.native)
         # What a beginner never needs waits, folded, under the main form.
         self.network_section = self._add_section(
             "Network and device",
@@ -277,6 +284,15 @@ class FusionWidget(Container):
         self._read_time_model()
         self._on_change()
 
+    def _insert_row(self, native: QWidget, before=None) -> None:
+        """Put a Qt widget in the form's layout, above the widget ``before`` (None: at the
+        end), outside magicgui's labelled rows."""
+        layout = self.native.layout()
+        index = layout.count() if before is None else layout.indexOf(before.native.parent())
+        if index < 0:  # `before` is not wrapped in a labelled row
+            index = layout.indexOf(before.native)
+        layout.insertWidget(index, native)
+
     def _add_section(self, title: str, widgets: list, before=None) -> QCollapsible:
         """A folded section of ``widgets`` in the form, above ``before`` (None: at the end).
 
@@ -287,11 +303,7 @@ class FusionWidget(Container):
         form.margins = (0, 0, 0, 0)
         section = QCollapsible(title)
         section.addWidget(form.native)
-        layout = self.native.layout()
-        index = layout.count() if before is None else layout.indexOf(before.native.parent())
-        if index < 0:  # `before` is not wrapped in a label row
-            index = layout.indexOf(before.native)
-        layout.insertWidget(index, section)
+        self._insert_row(section, before)
         return section
 
     # --- settings -------------------------------------------------------------------
