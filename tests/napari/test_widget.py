@@ -366,6 +366,15 @@ def test_calibration_runs_in_the_background_and_reports(dock, qtbot, monkeypatch
     result = views[0].result
     assert result.iterations == 3 and np.isfinite(result.psnr_after)
     assert len(views[0].figure.axes) == 2
+    # The figure wears the viewer's colours, and changes with them.
+    from matplotlib.colors import to_rgba
+    from napari.utils.theme import get_theme
+
+    for theme in ("light", "dark"):
+        viewer.theme = theme
+        background = to_rgba(get_theme(theme).background.as_hex())
+        assert views[0].figure.get_facecolor() == background
+        assert all(ax.get_facecolor() == background for ax in views[0].figure.axes)
     # Three steps cannot show a gain: the weights in use stay selected.
     assert result.verdict == "cannot tell"
     assert widget._path(widget.weights) != result.weights_path

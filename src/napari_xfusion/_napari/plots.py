@@ -42,6 +42,36 @@ _NO_RECORD = (
 )
 
 
+def apply_theme(figure: Figure, theme) -> None:
+    """Colour a drawn matplotlib figure (background, text, axes, legends) like napari.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+    theme : napari.utils.theme.Theme
+        For instance ``get_theme(viewer.theme)``.
+    """
+    background, text = theme.background.as_hex(), theme.text.as_hex()
+    figure.set_facecolor(background)
+    for label in figure.texts:
+        label.set_color(text)
+    for ax in figure.axes:
+        ax.set_facecolor(background)
+        ax.tick_params(colors=text, which="both")
+        for spine in ax.spines.values():
+            spine.set_color(text)
+        for label in (ax.xaxis.label, ax.yaxis.label, ax.title):
+            label.set_color(text)
+        for child in ax.texts:
+            child.set_color(text)
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.get_frame().set_facecolor(background)
+            legend.get_frame().set_edgecolor(text)
+            for label in legend.get_texts():
+                label.set_color(text)
+
+
 class FramePlot(QWidget):
     """A matplotlib dock whose x axis is the frame index of the viewer's time axis.
 
@@ -112,24 +142,7 @@ class FramePlot(QWidget):
         self.figure.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
 
     def _apply_theme(self) -> None:
-        theme = self.theme
-        background, text = theme.background.as_hex(), theme.text.as_hex()
-        self.figure.set_facecolor(background)
-        for label in self.figure.texts:
-            label.set_color(text)
-        for ax in self.figure.axes:
-            ax.set_facecolor(background)
-            ax.tick_params(colors=text, which="both")
-            for spine in ax.spines.values():
-                spine.set_color(text)
-            for label in (ax.xaxis.label, ax.yaxis.label, ax.title):
-                label.set_color(text)
-            legend = ax.get_legend()
-            if legend is not None:
-                legend.get_frame().set_facecolor(background)
-                legend.get_frame().set_edgecolor(text)
-                for label in legend.get_texts():
-                    label.set_color(text)
+        apply_theme(self.figure, self.theme)
 
     def _on_full_draw(self, event=None) -> None:
         """Keep the image of everything but the cursors, then draw the cursors on it."""

@@ -742,7 +742,7 @@ class FusionWidget(Container):
     def _on_calibrated(self, result) -> None:
         from .calibration import CalibrationView
 
-        view = CalibrationView(result)
+        view = CalibrationView(result, self.viewer)
         if self._calibration_dock is not None:
             # One calibration dock: the latest run's replaces the one before.
             with contextlib.suppress(LookupError, RuntimeError):
