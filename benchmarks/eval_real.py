@@ -46,18 +46,15 @@ from napari_xfusion.methods import create_method  # noqa: E402
 from napari_xfusion.metrics import evaluate  # noqa: E402
 from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 from napari_xfusion.training.calibrate import calibrate  # noqa: E402
-from napari_xfusion.training.data import REAL, load_sequence_file  # noqa: E402
+from napari_xfusion.training.data import (  # noqa: E402
+    REAL,
+    distinct_frames,
+    load_sequence_file,
+)
 
 CLASSICAL = ("bicubic", "transfer", "bayes")
 SPACINGS = (10, 20)
 NOISE = (None, 30.0)
-
-
-def distinct_frames(frames: np.ndarray) -> np.ndarray:
-    """The frames that differ from the one before: a video that repeats frames would give
-    unseen frames that are exact copies of keyframes, which no real recording does."""
-    changed = np.any(frames[1:] != frames[:-1], axis=tuple(range(1, frames.ndim)))
-    return frames[np.concatenate([[True], changed])]
 
 
 def options(name: str) -> dict:

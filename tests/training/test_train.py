@@ -292,3 +292,12 @@ def test_a_variant_starts_from_related_weights_and_logs_its_start(real_dir, tmp_
     assert float(rows[0]["val_psnr"]) > 0 and rows[0]["loss"] == ""
     with pytest.raises(ValueError, match="make them agree"):
         TrainConfig(model=variant, arch="edvr")
+
+
+def test_distinct_frames_drops_repeats_only():
+    from napari_xfusion.training.data import distinct_frames
+
+    a, b = np.zeros((4, 4), np.uint8), np.ones((4, 4), np.uint8)
+    video = np.stack([a, a, b, b, b, a, b])
+    np.testing.assert_array_equal(distinct_frames(video), np.stack([a, b, a, b]))
+    assert len(distinct_frames(video[:1])) == 1

@@ -100,6 +100,27 @@ def quantize(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(frames, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def distinct_frames(frames: np.ndarray) -> np.ndarray:
+    """The frames that differ from the one before (the first is kept).
+
+    Some videos repeat frames (a low frame rate padded to a higher one). On such a video
+    unseen frames are exact copies of keyframes, which no real recording has: a score on
+    them flatters methods that copy keyframes, and training on them teaches copying.
+
+    Parameters
+    ----------
+    frames : ndarray, shape (n, ...)
+
+    Returns
+    -------
+    ndarray
+        ``frames`` without the frames equal to their predecessor.
+    """
+    frames = np.asarray(frames)
+    changed = np.any(frames[1:] != frames[:-1], axis=tuple(range(1, frames.ndim)))
+    return frames[np.concatenate([[True], changed])]
+
+
 def make_sequence(name: str, frames: np.ndarray, group: str) -> Sequence:
     """Wrap a uint8 stack ``(n, y, x)`` as a :class:`Sequence` and compute its coarse frames.
 
