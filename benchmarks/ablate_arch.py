@@ -13,6 +13,8 @@ Variants (``--variants``):
 
 * ``control``: the bundled network as it is (residual on bilinear LR);
 * ``transfer``: the residual added to detail transfer with learned keyframe weights;
+* ``agreement``: the same, each keyframe's weight also scaled by how well it agrees with
+  LR ``t`` around each pixel;
 * ``transfer+time``: the same, plus the position of ``t`` between its keyframes as input;
 * ``transfer+time+narrow``: the same with 16-channel layers at full HR resolution (the
   reconstruction tail and the keyframe branch), which start afresh.
@@ -37,6 +39,7 @@ from napari_xfusion.training.train import LOG_JSONL, train
 VARIANTS = {
     "control": {},
     "transfer": {"base": "transfer"},
+    "agreement": {"base": "agreement"},
     "transfer+time": {"base": "transfer", "time_input": True},
     "transfer+time+narrow": {
         "base": "transfer", "time_input": True, "hr_tail_channels": 16, "hr_branch_channels": 16,

@@ -70,13 +70,17 @@ def unseen(method, exp) -> np.ndarray:
     return evaluate(fused, exp.truth, mask, frames=frames).values["psnr"]
 
 
-def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: float):
-    """Per-frame unseen PSNR of every method on one setting, and what auto and calibration
-    decided."""
+def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: float,
+                extra: tuple[Path, ...] = ()):
+    """Per-frame unseen PSNR of every method (and of EDVR-STF with each ``extra`` weights
+    file, as ``stf:<file stem>``) on one setting, and what auto and calibration decided."""
     exp = simulate_experiment(truth, TimeModel(spacing=spacing), NoiseConfig(target_psnr=noise,
                                                                             seed=1))
     methods, _ = candidate_methods(options)
     scores = {name: unseen(method, exp) for name, method in methods.items()}
+    for path in extra:
+        scores[f"stf:{path.stem}"] = unseen(create_method("stf", weights=path, **options("stf")),
+                                            exp)
     notes = {}
     assessment = assess(exp.lr, exp.hr, exp.timeline, methods)
     scores["auto"] = scores[assessment.recommended]
@@ -165,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate-minutes", type=float, default=5.0,
                         help="CPU minutes of calibration per setting; 0 skips it (default 5)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
+    parser.add_argument("--weights", type=Path, nargs="+", default=(),
+                        help="also score EDVR-STF with these weights files (stf:<stem>)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -187,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
                 continue
             for noise in NOISE:
-                scores, notes, _ = run_setting(truth, spacing, noise, args.calibrate_minutes)
+                scores, notes, _ = run_setting(truth, spacing, noise, args.calibrate_minutes,
+                                               tuple(args.weights))
                 label = "clean" if noise is None else f"{noise:g} dB"
                 per_frame[f"{seq.name} D={spacing} {label}"] = scores
                 rows.append({
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
 
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    methods = [m for m in (*CLASSICAL, "edvr", "stf", "stf-cal", "auto") if m in fields]
+    extra = [f"stf:{path.stem}" for path in args.weights]
+    methods = [m for m in (*CLASSICAL, "edvr", "stf", *extra, "stf-cal", "auto") if m in fields]
     with open(args.out / "eval_real.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

@@ -173,7 +173,9 @@ class EngineConfig:
 #: Architectures the ``models`` package can build.
 MODEL_ARCHS = ("stf", "edvr")
 #: What a network's reconstruction residual can be added to (see :class:`ModelConfig`).
-MODEL_BASES = ("bilinear", "transfer")
+#: Residual bases that add the keyframes' detail (EDVR-STF only).
+KEYFRAME_BASES = ("transfer", "agreement")
+MODEL_BASES = ("bilinear", *KEYFRAME_BASES)
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,9 @@ class ModelConfig:
         transfer, i.e. bicubic LR ``t`` plus the high frequencies of the two keyframes,
         each weighted per pixel by a weight the network predicts on top of the linear time
         weight; it starts as exactly the ``transfer`` method and learns what to change.
+        ``"agreement"`` (EDVR-STF only): the same, with each keyframe's time weight also
+        scaled by how well the keyframe agrees with LR ``t`` around each pixel (its binned
+        image against LR ``t``), so that detail of what moved since is not pasted in.
     time_input : bool
         Give the network the position of ``t`` between its two keyframes (it cannot tell
         otherwise); added to the fused features through a learned vector.
@@ -278,6 +283,11 @@ class ModelConfig:
             "hr_branch_channels sizes the keyframe branch of EDVR-STF; leave it None for "
             f"the {self.arch!r} network.",
         )
+
+    @property
+    def adds_keyframe_detail(self) -> bool:
+        """Whether the residual base adds the HR keyframes' detail (it needs them)."""
+        return self.base in KEYFRAME_BASES
 
     def to_dict(self) -> dict:
         """The settings as a plain JSON-compatible dict."""

@@ -180,7 +180,7 @@ class Engine:
             ]
             reference = self._to_device(lr[:, 1:2])
             keyframes = None
-            if self.model.config.base == "transfer":
+            if self.model.config.adds_keyframe_detail:
                 keyframes = self._to_device(hr[:, :, None])
             positions = None
             if self.model.needs_position:
@@ -225,7 +225,7 @@ class Engine:
             Which frames of their stacks these are and when they were taken; with ``cache``,
             the feature pyramids of frames met before are taken from it instead of being
             computed again. Networks that use the output time's position between its
-            keyframes (``ModelConfig.base="transfer"`` or ``time_input``) need it.
+            keyframes (a keyframe base or ``time_input``) need it.
         cache : FeatureCache, optional
             Pyramids of earlier frames of the same stacks (see :meth:`run`).
 

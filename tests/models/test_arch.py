@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from napari_xfusion.config import ModelConfig
 from napari_xfusion.models import EDVR, EDVRSTF, build_model, count_parameters
-from napari_xfusion.models.arch import DCNv2Pack
+from napari_xfusion.models.arch import DCNv2Pack, keyframe_agreement
 
 
 def _inputs(b=1, h=8, w=12, seed=0):
@@ -212,6 +212,52 @@ def test_transfer_base_learns_per_pixel_keyframe_weights():
     torch.testing.assert_close(out[0], base[0] + detail[1], atol=1e-5, rtol=0)
 
 
+def _scene(shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """An HR frame of fine texture and its 4 x 4 binning, the texture moved by ``shift``."""
+    g = torch.Generator().manual_seed(3)
+    frame = F.avg_pool2d(torch.rand(1, 1, 68, 96, generator=g), 3, 1, 1)[..., 2:66, :]
+    frame = (frame - frame.mean()) * 4 + 0.5  # the contrast of a real edge-rich scene
+    frame = torch.roll(frame, shift, dims=-1)
+    return F.avg_pool2d(frame, 4), frame
+
+
+def test_agreement_base_is_detail_transfer_where_the_keyframes_agree():
+    lr_t, frame = _scene()
+    plain, agreeing = _with(base="transfer"), _with(base="agreement")
+    # Brighter keyframes (another camera's response) still agree: gain and offset are fit.
+    keys = torch.stack([frame, 1.5 * frame + 0.1], 1)  # (1, 2, 1, H, W)
+    position = torch.tensor([0.3])
+    base = agreeing.keyframe_base
+    agreement = keyframe_agreement(lr_t, keys, base.log_width.exp())
+    assert agreement.shape == keys.shape and agreement.min() > 0.99
+    features = torch.zeros(1, 8, *lr_t.shape[-2:])
+    with torch.no_grad():
+        expected = plain.keyframe_base(lr_t, keys, position, features)
+        torch.testing.assert_close(base(lr_t, keys, position, features), expected,
+                                   atol=2e-3, rtol=0)
+
+
+def test_agreement_base_leaves_out_the_detail_of_what_moved():
+    lr_t, frame = _scene()
+    _, moved = _scene(shift=6)
+    model = _with(base="agreement")
+    features = torch.zeros(1, 8, *lr_t.shape[-2:])
+    position = torch.tensor([0.5])
+    bicubic = F.interpolate(lr_t, scale_factor=4, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        # k0 agrees, k1 moved: the detail comes from k0 alone, at full weight.
+        out = model.keyframe_base(lr_t, torch.stack([frame, moved], 1), position, features)
+        error = (out - frame).square().mean()
+        transfer = _with(base="transfer").keyframe_base(
+            lr_t, torch.stack([frame, moved], 1), position, features
+        )
+        assert error < 0.2 * (transfer - frame).square().mean()
+        # Neither agrees: little detail is added to bicubic LR t.
+        out = model.keyframe_base(lr_t, torch.stack([moved, moved], 1), position, features)
+        assert (out - bicubic).abs().mean() < 0.3 * (transfer - bicubic).abs().mean()
+    assert "keyframe_base.log_width" in model.state_dict()
+
+
 def test_time_input_starts_neutral_and_then_matters():
     lr, hr = _inputs()
     plain, timed = _with(), _with(time_input=True)
@@ -227,7 +273,9 @@ def test_time_input_starts_neutral_and_then_matters():
     assert (early - late).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("options", [{"base": "transfer"}, {"time_input": True}])
+@pytest.mark.parametrize(
+    "options", [{"base": "transfer"}, {"base": "agreement"}, {"time_input": True}]
+)
 def test_networks_that_need_the_position_ask_for_it(options):
     lr, hr = _inputs()
     with pytest.raises(ValueError, match="position of t between its keyframes"):
