@@ -241,3 +241,13 @@ def test_non_finite_weights_are_refused_on_load(tmp_path):
     path = save_weights(model, tmp_path / "diverged.safetensors")
     with pytest.raises(WeightsError, match="NaN or infinite values in 1 tensor"):
         load_weights(path)
+
+
+def test_init_from_keeps_the_residual_between_keyframe_bases():
+    source = build_model(ModelConfig.from_dict(
+        {**ModelConfig.preset("tiny").to_dict(), "base": "transfer"}), deform_backend="torch")
+    config = ModelConfig.from_dict({**source.config.to_dict(), "base": "agreement"})
+    target = build_model(config, deform_backend="torch")
+    # Both bases start as detail transfer: only the agreement's width is new.
+    assert init_from(target, source) == ["keyframe_base.log_width"]
+    torch.testing.assert_close(target.conv_last.weight, source.conv_last.weight)

@@ -367,9 +367,11 @@ def init_from(target: nn.Module, source: nn.Module) -> list[str]:
     Transfer learning between sizes, options and architectures of the same family: every
     tensor whose name and shape agree is copied. Beyond that, an EDVR started from an
     EDVR-STF takes the LR frames' share of the 1x1 fusion convolutions over stacked frames
-    (the LR frames come first), and the output layer ``conv_last`` is not copied when the
-    two networks add their residual to different bases (``ModelConfig.base``): it would add
-    a residual meant for another base. Everything else keeps its initialization; the new
+    (the LR frames come first), and the output layer ``conv_last`` is not copied when one
+    network adds its residual to a base with keyframe detail and the other to one without
+    (``ModelConfig.adds_keyframe_detail``): it would add a residual meant for another base.
+    Between the two keyframe bases it is kept, since both start from the same detail
+    transfer. Everything else keeps its initialization; the new
     heads of the options start at zero, so the started network behaves like its source
     where the architectures agree.
 
@@ -387,7 +389,7 @@ def init_from(target: nn.Module, source: nn.Module) -> list[str]:
     """
     theirs = source.state_dict()
     skip = set()
-    if source.config.base != target.config.base:
+    if source.config.adds_keyframe_detail != target.config.adds_keyframe_detail:
         skip = {"conv_last.weight", "conv_last.bias"}
     fresh = []
     with torch.no_grad():
