@@ -1,0 +1,115 @@
+"""Two ideas for the network's residual base, tried without training on held-out real video.
+
+On the real validation videos of ``scripts/build_training_data.py`` (the protocol of
+``benchmarks/eval_real.py``: 4 x 4 binning, clean or 30 dB LR noise, D = 10 and 20, scores
+over unseen frames, the first ``--frames`` distinct frames), this prints the mean unseen PSNR
+(dB) of:
+
+* **LR consistency**: each method's output ``f`` projected onto the frames whose 4 x 4 mean
+  is LR ``t`` (``f + up(LR_t - bin(f))``, nearest ``up``: the orthogonal projection, which
+  can only help when the LR is noise-free binning), and the same step scaled by a Wiener
+  weight ``max(0, 1 - s2 / var(LR_t - bin(f)))``, ``s2`` the LR noise variance measured at
+  the keyframe times (LR against the binned keyframe), so it fades under noise;
+* **keyframe agreement**: detail transfer whose keyframe weights are scaled by
+  :func:`napari_xfusion.models.arch.keyframe_agreement` (the untrained ``base="agreement"``
+  of the network) at several widths, against plain detail transfer and Bayesian fusion.
+
+Example (2-core CPU, about 10 minutes)::
+
+    PYTHONPATH=src python benchmarks/base_ideas.py --data-file .device-data/sequences.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from napari_xfusion.config import EngineConfig, NoiseConfig, TimeModel
+from napari_xfusion.methods import create_method
+from napari_xfusion.methods.classical import bicubic_upsample, high_frequencies, keyframe_weights
+from napari_xfusion.metrics import psnr
+from napari_xfusion.models.arch import keyframe_agreement
+from napari_xfusion.simulate import bin_frames, simulate_experiment
+from napari_xfusion.training.data import REAL, distinct_frames, load_sequence_file
+
+WIDTHS = (0.03, 0.06, 0.1)
+
+
+def project(fused: np.ndarray, lr: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """``fused`` moved (by ``weight`` of the way) onto the frames whose binning is ``lr``."""
+    residual = lr - bin_frames(fused, 4)
+    return fused + weight * np.kron(residual, np.ones((4, 4), np.float32))
+
+
+def agreement_transfer(lr: np.ndarray, keys: np.ndarray, w: tuple[float, float],
+                       width: float) -> np.ndarray:
+    """Detail transfer with agreement-scaled keyframe weights (the untrained network base)."""
+    a = keyframe_agreement(torch.from_numpy(lr)[None, None], torch.from_numpy(keys)[None, :, None],
+                           torch.tensor(width))[0, :, 0].numpy()
+    agreed = np.asarray(w, np.float32)[:, None, None] * a
+    weights = a.max(0) * agreed / (agreed.sum(0) + 1e-6)
+    detail = high_frequencies(keys, 4)
+    return bicubic_upsample(lr, 4, clip=False) + (weights * detail).sum(0)
+
+
+def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[str, float]:
+    exp = simulate_experiment(truth, TimeModel(spacing=spacing),
+                              NoiseConfig(target_psnr=noise, seed=1))
+    timeline, lr = exp.timeline, np.asarray(exp.lr, np.float32)
+    hr = np.asarray(exp.hr, np.float32)
+    inside = [(j, int(t)) for j, t in enumerate(timeline.keyframe_times) if 0 <= t < len(lr)]
+    noise_var = float(np.mean([np.var(lr[t] - bin_frames(hr[j], 4)) for j, t in inside]))
+    frames = [int(t) for t in np.flatnonzero(~timeline.keyframe_mask())]
+    scores: dict[str, list[float]] = {}
+
+    def add(name: str, image: np.ndarray, t: int) -> None:
+        scores.setdefault(name, []).append(psnr(np.clip(image, 0, 1), truth[t]))
+
+    for name in ("transfer", "bayes", "stf"):
+        options = {"engine": EngineConfig(device="cpu")} if name == "stf" else {}
+        method = create_method(name, **options)
+        for frame in method.fuse(exp.lr, exp.hr, timeline, frames=frames):
+            image, t = np.asarray(frame.image, np.float32), frame.t
+            residual_var = np.var(lr[t] - bin_frames(image, 4))
+            wiener = max(0.0, 1.0 - noise_var / max(residual_var, 1e-12))
+            add(name, image, t)
+            add(f"{name}+proj", project(image, lr[t]), t)
+            add(f"{name}+wiener", project(image, lr[t], wiener), t)
+    for t in frames:
+        inputs = timeline.inputs(t)
+        keys = hr[list(inputs.hr)]
+        w = keyframe_weights(t, *inputs.hr_times)
+        for width in WIDTHS:
+            add(f"agree{width:g}", agreement_transfer(lr[t], keys, w, width), t)
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-file", default=".device-data/sequences.npz")
+    parser.add_argument("--frames", type=int, default=61, help="most frames per sequence")
+    parser.add_argument("--sequences", nargs="+", default=["visp-cube", "carphone",
+                                                           "visp-ellipse"])
+    args = parser.parse_args(argv)
+    _, validation, _ = load_sequence_file(args.data_file)
+    rows = []
+    for seq in [s for s in validation if s.group == REAL and s.name in args.sequences]:
+        frames = distinct_frames(seq.frames)[: args.frames]
+        _, h, w = frames.shape
+        truth = frames[:, : h - h % 16, : w - w % 16].astype(np.float32) / 255.0
+        for spacing in (10, 20):
+            for noise in (None, 30.0):
+                label = f"{seq.name} D={spacing} {'clean' if noise is None else '30 dB'}"
+                rows.append((label, run_setting(truth, spacing, noise)))
+                print(label, {k: round(v, 2) for k, v in rows[-1][1].items()}, flush=True)
+    names = list(rows[0][1])
+    print("\n| setting | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for label, scores in rows:
+        print(f"| {label} | " + " | ".join(f"{scores[n]:.2f}" for n in names) + " |")
+
+
+if __name__ == "__main__":
+    main()
