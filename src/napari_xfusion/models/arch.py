@@ -18,8 +18,9 @@ pyramids of its frames. ``forward(lr, hr)`` runs both halves, as training does.
 
 Options beyond the paper (:class:`~napari_xfusion.config.ModelConfig`; the ``paper`` preset
 uses none of them): the residual added to a detail-transfer estimate instead of bilinear LR
-(``base="transfer"`` or ``"agreement"``, :class:`KeyframeDetailBase`), the position of ``t`` between its
-keyframes as an input (``time_input``), and narrower layers at full HR resolution
+(``base="transfer"``, or ``"agreement"`` weighted by :func:`keyframe_agreement`;
+:class:`KeyframeDetailBase`), the position of ``t`` between its keyframes as an input
+(``time_input``), and narrower layers at full HR resolution
 (``hr_tail_channels``, ``hr_branch_channels``), where most of a compact network's work is.
 Networks with either of the first two options take ``position`` (:func:`~napari_xfusion.
 timeline.keyframe_position`) in :meth:`~FusionNetwork.fuse_features` and ``forward``.
