@@ -8,19 +8,12 @@ pytest.importorskip("napari")
 from napari_xfusion._napari import compare  # noqa: E402
 from napari_xfusion._napari.compare import error_contrast_limits, show_side_by_side  # noqa: E402
 from napari_xfusion._napari.record import RECORD_KEY, ErrorStack, ResultStack  # noqa: E402
-from napari_xfusion._napari.widget import FusionWidget  # noqa: E402
 
 
 @pytest.fixture
-def fused(make_napari_viewer, small_experiment, qtbot):
+def fused(open_dock, small_experiment, qtbot):
     """A viewer where the sample was fused (bicubic: quick) with its ground truth chosen."""
-    viewer = make_napari_viewer(show=True)
-    viewer.add_image(small_experiment.truth, name="HR ground truth")
-    viewer.add_image(small_experiment.hr, name="HR keyframes")
-    viewer.add_image(small_experiment.lr, name="LR stream")
-    widget = FusionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.spacing.value = small_experiment.timeline.model.spacing
+    viewer, widget = open_dock(small_experiment, show=True)
     widget.method.value = "bicubic"
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)

@@ -38,22 +38,9 @@ def activities() -> list[str]:
     return [p.desc for p in progress._all_instances]
 
 
-def open_dock(make_napari_viewer, exp, weights, show=False):
-    """A viewer with ``exp`` loaded and the fusion dock set to its time model."""
-    viewer = make_napari_viewer(show=show)
-    viewer.add_image(exp.truth, name="HR ground truth")
-    viewer.add_image(exp.hr, name="HR keyframes")
-    viewer.add_image(exp.lr, name="LR stream")
-    widget = FusionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.spacing.value = exp.timeline.model.spacing
-    widget.weights.value = str(weights)
-    return viewer, widget
-
-
 @pytest.fixture
-def dock(make_napari_viewer, small_experiment, tiny_weights):
-    return open_dock(make_napari_viewer, small_experiment, tiny_weights["stf"])
+def dock(open_dock, small_experiment, tiny_weights):
+    return open_dock(small_experiment, tiny_weights["stf"])
 
 
 def run(qtbot, widget):
@@ -215,12 +202,10 @@ def test_cancel_stops_after_the_current_frame_and_keeps_what_was_written(dock, q
 
 
 def test_unfused_frames_let_the_inputs_show_through(
-    make_napari_viewer, small_experiment, tiny_weights, qtbot
+    open_dock, small_experiment, tiny_weights, qtbot
 ):
     # Shown: a hidden window with a dock widget renders a blank canvas.
-    viewer, widget = open_dock(
-        make_napari_viewer, small_experiment, tiny_weights["stf"], show=True
-    )
+    viewer, widget = open_dock(small_experiment, tiny_weights["stf"], show=True)
     widget.start()
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
@@ -315,11 +300,9 @@ def test_errors_during_a_run_are_reported(dock, qtbot, monkeypatch, small_experi
     assert widget.run_button.enabled
 
 
-def test_fused_layer_renders(make_napari_viewer, small_experiment, tiny_weights, qtbot):
+def test_fused_layer_renders(open_dock, small_experiment, tiny_weights, qtbot):
     # Shown: a hidden window with a dock widget renders a blank canvas.
-    viewer, widget = open_dock(
-        make_napari_viewer, small_experiment, tiny_weights["stf"], show=True
-    )
+    viewer, widget = open_dock(small_experiment, tiny_weights["stf"], show=True)
     widget.method.value = "bicubic"
     run(qtbot, widget)
     for layer in viewer.layers:
