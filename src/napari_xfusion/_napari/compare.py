@@ -5,8 +5,8 @@ upscaled on the fusion grid), the HR keyframe in effect, the fused frame and, wh
 had a ground truth, the signed error ``fused - truth`` each get a cell of napari's grid.
 The cells share one camera and one time slider, so panning, zooming and scrubbing move them
 together. Which result: the selected fused layer (a selected error layer stands for its
-result), else the last fused layer. Other layers are hidden; View > Layout > Grid mode
-returns to the overlay.
+result), else the last fused layer. Other layers are hidden; the grid button under the
+layer list returns to the overlay.
 """
 
 from __future__ import annotations
