@@ -186,7 +186,6 @@ class FusionWidget(Container):
         self._stop = threading.Event()
         self._started = 0.0
         self._last_progress = 0.0
-        self._activity: progress | None = None
 
         layers = self._image_layers
         self.lr = ComboBox(label="LR stream", choices=layers, nullable=True)
@@ -572,8 +571,9 @@ class FusionWidget(Container):
         self.worker = thread_worker(work, start_thread=False, connect=connect)(*args)
         self._set_running(True)
         # The same progress as the dock's, where it shows with the dock hidden.
-        self._activity = progress(total=total, desc=activity)
-        self._background.start(self.worker, connect, self._stop, self._activity)
+        self._background.start(
+            self.worker, connect, self._stop, progress(total=total, desc=activity)
+        )
 
     def start(self) -> None:
         """Start fusing with the current settings (a no-op while a run is going)."""
@@ -608,7 +608,6 @@ class FusionWidget(Container):
         self.cancel_button.enabled = running
         if not running:
             self._background.end_activity()
-            self._activity = None
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Prepared):
@@ -667,9 +666,10 @@ class FusionWidget(Container):
             return
         self._last_progress = now
         self.progress.value = done
-        if self._activity is not None:
-            self._activity.n = done
-            self._activity.refresh()
+        activity = self._background.activity
+        if activity is not None:
+            activity.n = done
+            activity.refresh()
         rate = done / max(now - self._started, 1e-9)
         line = f"{done}/{self.progress.max} frames, {rate:.2f} frames/s"
         if done < self.progress.max:
