@@ -10,9 +10,10 @@ over unseen frames, the first ``--frames`` distinct frames), this prints the mea
   can only help when the LR is noise-free binning), and the same step scaled by a Wiener
   weight ``max(0, 1 - s2 / var(LR_t - bin(f)))``, ``s2`` the LR noise variance measured at
   the keyframe times (LR against the binned keyframe), so it fades under noise;
-* **keyframe agreement**: detail transfer whose keyframe weights are scaled by
-  :func:`napari_xfusion.models.arch.keyframe_agreement` (the untrained ``base="agreement"``
-  of the network) at several widths, against plain detail transfer and Bayesian fusion.
+* **keyframe agreement**: the network's untrained ``base="agreement"``
+  (:class:`napari_xfusion.models.arch.KeyframeDetailBase`, no learned correction: detail
+  transfer whose keyframe weights are scaled by the keyframes' agreement with LR ``t``) at
+  several widths, against plain detail transfer and Bayesian fusion.
 
 Example (2-core CPU, about 10 minutes)::
 
@@ -28,10 +29,10 @@ import torch
 
 from napari_xfusion.config import EngineConfig, NoiseConfig, TimeModel
 from napari_xfusion.methods import create_method
-from napari_xfusion.methods.classical import bicubic_upsample, high_frequencies, keyframe_weights
 from napari_xfusion.metrics import psnr
-from napari_xfusion.models.arch import keyframe_agreement
+from napari_xfusion.models.arch import KeyframeDetailBase
 from napari_xfusion.simulate import bin_frames, simulate_experiment
+from napari_xfusion.timeline import keyframe_position
 from napari_xfusion.training.data import REAL, distinct_frames, load_sequence_file
 
 WIDTHS = (0.03, 0.06, 0.1)
@@ -43,15 +44,22 @@ def project(fused: np.ndarray, lr: np.ndarray, weight: float = 1.0) -> np.ndarra
     return fused + weight * np.kron(residual, np.ones((4, 4), np.float32))
 
 
-def agreement_transfer(lr: np.ndarray, keys: np.ndarray, w: tuple[float, float],
-                       width: float) -> np.ndarray:
-    """Detail transfer with agreement-scaled keyframe weights (the untrained network base)."""
-    a = keyframe_agreement(torch.from_numpy(lr)[None, None], torch.from_numpy(keys)[None, :, None],
-                           torch.tensor(width))[0, :, 0].numpy()
-    agreed = np.asarray(w, np.float32)[:, None, None] * a
-    weights = a.max(0) * agreed / (agreed.sum(0) + 1e-6)
-    detail = high_frequencies(keys, 4)
-    return bicubic_upsample(lr, 4, clip=False) + (weights * detail).sum(0)
+def untrained_base(width: float) -> KeyframeDetailBase:
+    """The network's agreement base at ``width``, with no learned correction (zero gate)."""
+    base = KeyframeDetailBase(channels=1, agreement=True)
+    with torch.no_grad():
+        base.log_width.fill_(np.log(width))
+    return base.eval()
+
+
+def agreement_transfer(base: KeyframeDetailBase, lr: np.ndarray, keys: np.ndarray,
+                       position: float) -> np.ndarray:
+    """What ``base`` makes of LR ``t`` and its two keyframes."""
+    lr_t = torch.from_numpy(lr)[None, None]
+    with torch.no_grad():
+        out = base(lr_t, torch.from_numpy(keys)[None, :, None], torch.tensor([position]),
+                   torch.zeros_like(lr_t))
+    return out[0, 0].numpy()
 
 
 def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[str, float]:
@@ -77,12 +85,13 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[st
             add(name, image, t)
             add(f"{name}+proj", project(image, lr[t]), t)
             add(f"{name}+wiener", project(image, lr[t], wiener), t)
+    bases = {width: untrained_base(width) for width in WIDTHS}
     for t in frames:
         inputs = timeline.inputs(t)
         keys = hr[list(inputs.hr)]
-        w = keyframe_weights(t, *inputs.hr_times)
-        for width in WIDTHS:
-            add(f"agree{width:g}", agreement_transfer(lr[t], keys, w, width), t)
+        position = keyframe_position(t, *inputs.hr_times)
+        for width, base in bases.items():
+            add(f"agree{width:g}", agreement_transfer(base, lr[t], keys, position), t)
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
