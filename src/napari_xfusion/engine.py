@@ -27,7 +27,7 @@ import torch
 
 from .checks import check_scale
 from .config import EngineConfig
-from .devices import autocast, autocast_dtype, resolve_device
+from .devices import autocast, autocast_dtype, resolve_device, retain_freed_memory
 from .models.arch import SIZE_MULTIPLE
 from .streaming import FusedFrame, ProgressCallback, stream_frames
 from .tiling import Tile, feather_weights, tile_grid
@@ -242,12 +242,13 @@ class Engine:
             names, cache = [("lr", 0), ("lr", 1), ("lr", 2), ("hr", 0), ("hr", 1)], FeatureCache(0)
         else:
             names = [("lr", i) for i in inputs.lr] + [("hr", j) for j in inputs.hr]
-        while True:
-            try:
-                return self._fuse_frame(lr, hr, names, cache, position)
-            except torch.cuda.OutOfMemoryError:
-                cache.clear()
-                self._shrink_tiles(lr.shape[1:])
+        with retain_freed_memory():
+            while True:
+                try:
+                    return self._fuse_frame(lr, hr, names, cache, position)
+                except torch.cuda.OutOfMemoryError:
+                    cache.clear()
+                    self._shrink_tiles(lr.shape[1:])
 
     def _tile_for(self, height: int, width: int) -> int:
         """The tile size used for frames of ``height x width`` LR pixels (0 = whole)."""
@@ -332,7 +333,14 @@ class Engine:
             cache.discard_before("hr", min(inputs.hr))
             return self.fuse_frame(lr_frames, hr_frames, inputs, cache)
 
-        return stream_frames(lr, hr, timeline, one, frames, progress)
+        return _retaining_freed_memory(stream_frames(lr, hr, timeline, one, frames, progress))
+
+
+def _retaining_freed_memory(frames: Iterator[FusedFrame]) -> Iterator[FusedFrame]:
+    # Held over the whole run, not frame by frame, so that each frame reuses the memory
+    # the one before freed (about 1.4x faster on a CPU; see retain_freed_memory).
+    with retain_freed_memory():
+        yield from frames
 
 
 def _hr_region(tile: Tile, scale: int) -> tuple[slice, slice]:

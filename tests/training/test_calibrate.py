@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from napari_xfusion import devices
 from napari_xfusion.config import CalibrationConfig, ModelConfig, TimeModel
 from napari_xfusion.demo import sample_experiment
 from napari_xfusion.holdout import holdout_inputs, neighbours, split_keyframes
 from napari_xfusion.models import build_model, bundled_weights_path, load_weights, save_weights
 from napari_xfusion.timeline import Timeline
+from napari_xfusion.training import calibrate as calibrate_module
 from napari_xfusion.training.calibrate import calibrate, judge_gain
 
 
@@ -175,3 +177,21 @@ def test_unhelpful_calibration_recommends_the_original_weights(experiment, tmp_p
                        weights=source, progress=None)
     assert result.verdict == "did not help"
     assert result.recommended == source
+
+
+@pytest.mark.slow
+def test_training_steps_keep_freed_memory_and_validation_returns_it(experiment, monkeypatch):
+    depths = []
+    forward = calibrate_module._forward
+
+    def recording(net, *args):
+        depths.append((net.training, devices._retain_depth))
+        return forward(net, *args)
+
+    monkeypatch.setattr(calibrate_module, "_forward", recording)
+    config = CalibrationConfig(iterations=3, batch_size=2, lr_crop=16)
+    calibrate(experiment.lr, experiment.hr, experiment.timeline, config,
+              model=tiny_model(), progress=None)
+    assert [depth for training, depth in depths if training] == [1, 1, 1]
+    assert depths[-1] == (False, 0)
+    assert devices._retain_depth == 0

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from napari_xfusion import devices
 from napari_xfusion.config import TrainConfig
 from napari_xfusion.models import build_model, load_weights, read_metadata
 from napari_xfusion.synthetic import synthetic_lpbf
+from napari_xfusion.training import train as train_module
 from napari_xfusion.training.data import (
     BRACKET,
     KEYFRAME,
@@ -301,3 +303,18 @@ def test_distinct_frames_drops_repeats_only():
     video = np.stack([a, a, b, b, b, a, b])
     np.testing.assert_array_equal(distinct_frames(video), np.stack([a, b, a, b]))
     assert len(distinct_frames(video[:1])) == 1
+
+
+def test_training_steps_keep_freed_memory(real_dir, tmp_path, monkeypatch):
+    depths = []
+    step = train_module._step
+
+    def recording(*args):
+        depths.append(devices._retain_depth)
+        return step(*args)
+
+    monkeypatch.setattr(train_module, "_step", recording)
+    train(TrainConfig(**SMALL, iterations=2, real_dir=str(real_dir), out_dir=str(tmp_path)),
+          progress=None)
+    assert depths == [1, 1]
+    assert devices._retain_depth == 0

@@ -35,7 +35,7 @@ import torch
 from scipy import stats
 
 from ..config import CalibrationConfig
-from ..devices import autocast, autocast_dtype, resolve_device
+from ..devices import autocast, autocast_dtype, resolve_device, retain_freed_memory
 from ..holdout import holdout_inputs, split_keyframes
 from ..methods.classical import bicubic_upsample
 from ..metrics import psnr
@@ -418,33 +418,34 @@ def calibrate(
     losses: list[float] = []
     iteration, next_report = 0, 0.1
     net.train()
-    while done() < 1.0:
-        # Cosine annealing to zero over the run, whether steps or minutes bound it.
-        for group in optimizer.param_groups:
-            group["lr"] = 0.5 * config.learning_rate * (1.0 + math.cos(math.pi * done()))
-        lr_b, hr_b, target, position, _ = _draw_batch(
-            rng, lr_store, hr_store, timeline, train, pool, config
-        )
-        optimizer.zero_grad(set_to_none=True)
-        out = _forward(net, lr_b, hr_b, position, device, amp)
-        # The loss in fp32: bf16 differences of nearly equal frames would round to zero.
-        loss = charbonnier(out, torch.from_numpy(target).to(device), config.charbonnier_eps)
-        loss.backward()
-        optimizer.step()
-        iteration += 1
-        losses.append(float(loss.detach()))
-        if not math.isfinite(losses[-1]):
-            raise RuntimeError(
-                f"the calibration loss is {losses[-1]} at iteration {iteration}: lower the "
-                "learning_rate or use precision='fp32'."
+    with retain_freed_memory():
+        while done() < 1.0:
+            # Cosine annealing to zero over the run, whether steps or minutes bound it.
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * config.learning_rate * (1.0 + math.cos(math.pi * done()))
+            lr_b, hr_b, target, position, _ = _draw_batch(
+                rng, lr_store, hr_store, timeline, train, pool, config
             )
-        if done() >= next_report:
-            next_report = math.floor(done() * 10 + 1) / 10
-            recent = float(np.mean(losses[-max(iteration // 10, 1):]))
-            say(f"step {iteration} ({min(done(), 1.0):.0%} of the run): loss {recent:.5f}")
-        if should_stop is not None and should_stop():
-            say(f"stopped at step {iteration} on request")
-            break
+            optimizer.zero_grad(set_to_none=True)
+            out = _forward(net, lr_b, hr_b, position, device, amp)
+            # The loss in fp32: bf16 differences of nearly equal frames would round to zero.
+            loss = charbonnier(out, torch.from_numpy(target).to(device), config.charbonnier_eps)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise RuntimeError(
+                    f"the calibration loss is {losses[-1]} at iteration {iteration}: lower the "
+                    "learning_rate or use precision='fp32'."
+                )
+            if done() >= next_report:
+                next_report = math.floor(done() * 10 + 1) / 10
+                recent = float(np.mean(losses[-max(iteration // 10, 1):]))
+                say(f"step {iteration} ({min(done(), 1.0):.0%} of the run): loss {recent:.5f}")
+            if should_stop is not None and should_stop():
+                say(f"stopped at step {iteration} on request")
+                break
 
     after = _validate(net, validation, device, amp)
     verdict, reason, gain, error = judge_gain(before, after, len(losses), config.min_iterations)

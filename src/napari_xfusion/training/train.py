@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..config import TRAIN_RUN_SETTINGS, TrainConfig
-from ..devices import autocast, autocast_dtype, resolve_device
+from ..devices import autocast, autocast_dtype, resolve_device, retain_freed_memory
 from ..methods.classical import bicubic_upsample
 from ..metrics import psnr
 from ..models import build_model, count_parameters, init_from, load_weights, save_weights
@@ -184,7 +184,7 @@ def train(
     val: dict[str, float] | None = None
     stopped_early = False
 
-    with _Prefetcher(sampler, config, iteration) as batches:
+    with _Prefetcher(sampler, config, iteration) as batches, retain_freed_memory():
         model.train()
         while iteration < config.iterations:
             batch = batches.next(device)
