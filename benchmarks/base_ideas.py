@@ -1,4 +1,4 @@
-"""Two ideas for the network's residual base, tried without training on held-out real video.
+"""Ideas for the network's inputs and residual base, tried without training on held-out video.
 
 On the real validation videos of ``scripts/build_training_data.py`` (the protocol of
 ``benchmarks/eval_real.py``: 4 x 4 binning, clean or 30 dB LR noise, D = 10 and 20, scores
@@ -13,9 +13,16 @@ over unseen frames, the first ``--frames`` distinct frames), this prints the mea
 * **keyframe agreement**: the network's untrained ``base="agreement"``
   (:class:`napari_xfusion.models.arch.KeyframeDetailBase`, no learned correction: detail
   transfer whose keyframe weights are scaled by the keyframes' agreement with LR ``t``) at
-  several widths, against plain detail transfer and Bayesian fusion.
+  several widths, against plain detail transfer and Bayesian fusion;
+* **keyframe alignment**: each keyframe shifted by the global translation that best maps it
+  onto LR ``t`` (:func:`global_shift`: phase correlation of LR ``t`` with the binned
+  keyframe, to 1/20 LR pixel; cubic-spline shift of the HR frame) before the bundled network
+  (``stf+align``) or the agreement base at width 0.06 (``agree0.06+align``) sees it; a camera
+  that moves between the keyframes and ``t`` moves the whole frame. ``stf+against`` shifts
+  the other way: if the gain came from the shift's interpolation and not from alignment, it
+  would gain too.
 
-Example (2-core CPU, about 10 minutes)::
+Example (2-core CPU, about 15 minutes)::
 
     PYTHONPATH=src python benchmarks/base_ideas.py --data-file .device-data/sequences.npz
 """
@@ -26,10 +33,14 @@ import argparse
 
 import numpy as np
 import torch
+from scipy import ndimage
+from skimage.registration import phase_cross_correlation
 
 from napari_xfusion.config import EngineConfig, NoiseConfig, TimeModel
+from napari_xfusion.engine import Engine
 from napari_xfusion.methods import create_method
 from napari_xfusion.metrics import psnr
+from napari_xfusion.models import bundled_weights_path, load_weights
 from napari_xfusion.models.arch import KeyframeDetailBase
 from napari_xfusion.simulate import bin_frames, simulate_experiment
 from napari_xfusion.timeline import keyframe_position
@@ -42,6 +53,19 @@ def project(fused: np.ndarray, lr: np.ndarray, weight: float = 1.0) -> np.ndarra
     """``fused`` moved (by ``weight`` of the way) onto the frames whose binning is ``lr``."""
     residual = lr - bin_frames(fused, 4)
     return fused + weight * np.kron(residual, np.ones((4, 4), np.float32))
+
+
+def global_shift(lr_t: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """``(dy, dx)`` in LR pixels that moves the binned ``key`` onto ``lr_t``."""
+    shift, _, _ = phase_cross_correlation(lr_t, bin_frames(key, 4), upsample_factor=20,
+                                          normalization=None)
+    return shift
+
+
+def shift_keyframes(keys: np.ndarray, shifts: list[np.ndarray]) -> np.ndarray:
+    """HR keyframes ``(2, H, W)`` moved by LR-pixel ``shifts`` (cubic spline, edges held)."""
+    return np.stack([ndimage.shift(key, 4 * shift, order=3, mode="nearest")
+                     for key, shift in zip(keys, shifts, strict=True)])
 
 
 def untrained_base(width: float) -> KeyframeDetailBase:
@@ -86,12 +110,19 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[st
             add(f"{name}+proj", project(image, lr[t]), t)
             add(f"{name}+wiener", project(image, lr[t], wiener), t)
     bases = {width: untrained_base(width) for width in WIDTHS}
+    engine = Engine(load_weights(bundled_weights_path("stf")), EngineConfig(device="cpu"))
     for t in frames:
         inputs = timeline.inputs(t)
         keys = hr[list(inputs.hr)]
         position = keyframe_position(t, *inputs.hr_times)
         for width, base in bases.items():
             add(f"agree{width:g}", agreement_transfer(base, lr[t], keys, position), t)
+        shifts = [global_shift(lr[t], key) for key in keys]
+        aligned = shift_keyframes(keys, shifts)
+        add("agree0.06+align", agreement_transfer(bases[0.06], lr[t], aligned, position), t)
+        add("stf+align", engine.fuse_frame(lr[list(inputs.lr)], aligned, inputs)[0], t)
+        against = shift_keyframes(keys, [-shift for shift in shifts])
+        add("stf+against", engine.fuse_frame(lr[list(inputs.lr)], against, inputs)[0], t)
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
