@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from napari_xfusion.assess import assess, candidate_methods  # noqa: E402
 from napari_xfusion.config import CalibrationConfig, EngineConfig, NoiseConfig, TimeModel  # noqa: E402
-from napari_xfusion.methods import create_method  # noqa: E402
+from napari_xfusion.methods import create_method, method_network  # noqa: E402
 from napari_xfusion.metrics import evaluate  # noqa: E402
 from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 from napari_xfusion.training.calibrate import calibrate  # noqa: E402
@@ -59,7 +59,7 @@ NOISE = (None, 30.0)
 
 def options(name: str) -> dict:
     """Networks on the CPU, so that the figures compare like with like."""
-    return {"engine": EngineConfig(device="cpu")} if name in ("stf", "edvr") else {}
+    return {"engine": EngineConfig(device="cpu")} if method_network(name) else {}
 
 
 def unseen(method, exp) -> np.ndarray:

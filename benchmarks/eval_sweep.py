@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from napari_xfusion.config import EngineConfig, NoiseConfig, TimeModel  # noqa: E402
-from napari_xfusion.methods import create_method  # noqa: E402
+from napari_xfusion.methods import create_method, method_network  # noqa: E402
 from napari_xfusion.metrics import METRICS, evaluate  # noqa: E402
 from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 from napari_xfusion.synthetic import synthetic_lpbf  # noqa: E402
@@ -54,7 +54,7 @@ BASELINE = dict(noise=None, spacing=10, separation=1)
 
 def make_method(name: str):
     """Build a method; the networks are pinned to the CPU so the timings are comparable."""
-    if name in ("stf", "edvr"):
+    if method_network(name):
         return create_method(name, engine=EngineConfig(device="cpu"))
     return create_method(name)
 

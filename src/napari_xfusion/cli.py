@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import EngineConfig, NoiseConfig, TimeModel, TrainConfig
-from .methods import create_method, method_names
+from .methods import create_method, method_names, method_network
 
-#: The methods that run a network and take the network options.
-NEURAL_METHODS = ("stf", "edvr")
 #: Keyframe spacing when neither a flag nor a registration gives one.
 DEFAULT_SPACING = 10
 
@@ -205,7 +203,8 @@ def _frames(spec: str | None) -> list[int] | None:
 
 def _method_options(args: argparse.Namespace, name: str) -> dict:
     """Keyword options of method ``name`` from the command line (networks only)."""
-    if name not in NEURAL_METHODS:
+    arch = method_network(name)
+    if arch is None:
         return {}
     engine = EngineConfig(
         device=args.device, tile=args.tile, overlap=args.overlap, batch=args.batch,
@@ -216,8 +215,8 @@ def _method_options(args: argparse.Namespace, name: str) -> dict:
         # Among several candidate networks, a weights file serves the one of its architecture.
         from .models import read_metadata
 
-        arch = json.loads(read_metadata(weights)["model_config"]).get("arch")
-        weights = weights if arch == name else None
+        weights_arch = json.loads(read_metadata(weights)["model_config"]).get("arch")
+        weights = weights if weights_arch == arch else None
     return {"weights": weights, "engine": engine}
 
 

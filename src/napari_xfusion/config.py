@@ -138,6 +138,10 @@ class EngineConfig:
         frame, so a sequence needs only about ``(2r + 3) * 1.33 * C * h * w`` values
         (``C`` channels, ``h x w`` LR pixels per frame): 100 MB in fp32 for the default
         preset at 256 x 256 LR pixels with r = 3.
+    align_keyframes : bool
+        Shift each keyframe onto the LR frame of the output time before the network sees
+        it (:func:`napari_xfusion.alignment.align_keyframes`): for a moving camera. The
+        ``stf-aligned`` method sets it.
     """
 
     device: str = "auto"
@@ -147,6 +151,7 @@ class EngineConfig:
     precision: str = "auto"
     channels_last: bool = True
     feature_cache_mb: int = 1024
+    align_keyframes: bool = False
 
     def __post_init__(self) -> None:
         _require(

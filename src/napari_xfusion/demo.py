@@ -16,7 +16,7 @@ import numpy as np
 from .config import NoiseConfig, TimeModel
 from .evaluate import format_summary
 from .io import check_output_path, read_stack, write_stack
-from .methods import create_method, method_names
+from .methods import create_method, method_names, method_network
 from .metrics import evaluate
 from .models.weights import bundled_weights_path
 from .normalize import Normalization
@@ -69,7 +69,7 @@ def runnable_methods() -> list[str]:
     return [
         name
         for name in method_names()
-        if name not in ("stf", "edvr") or bundled_weights_path(name).exists()
+        if method_network(name) is None or bundled_weights_path(method_network(name)).exists()
     ]
 
 

@@ -25,6 +25,7 @@ from typing import Hashable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .alignment import align_keyframes
 from .checks import check_scale
 from .config import EngineConfig
 from .devices import autocast, autocast_dtype, resolve_device, retain_freed_memory
@@ -41,6 +42,8 @@ MIN_TILE = 32
 #: :data:`AUTO_TILE`: overlaps cost compute, and whole frames of this size fit in memory.
 AUTO_WHOLE_PIXELS = 256 * 256
 AUTO_TILE = 256
+#: Feature-cache stream of keyframes aligned to one output time (keys ``(ALIGNED, t, j)``).
+ALIGNED = "aligned"
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -240,6 +243,9 @@ class Engine:
         if inputs is None or cache is None:
             # Frames without a place in a sequence: nothing to share with other calls.
             names, cache = [("lr", 0), ("lr", 1), ("lr", 2), ("hr", 0), ("hr", 1)], FeatureCache(0)
+        elif self.config.align_keyframes:
+            # Keyframes moved onto this output time serve this output alone.
+            names = [("lr", i) for i in inputs.lr] + [(ALIGNED, inputs.t, j) for j in inputs.hr]
         else:
             names = [("lr", i) for i in inputs.lr] + [("hr", j) for j in inputs.hr]
         with retain_freed_memory():
@@ -280,6 +286,8 @@ class Engine:
         s = self.scale
         _, h, w = lr.shape
         check_scale(lr.shape, hr.shape, s)
+        if self.config.align_keyframes:
+            hr = align_keyframes(lr[1], hr, scale=s)
         ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         lr = _pad_frames(np.ascontiguousarray(lr, dtype=np.float32), ph, pw)
         hr = _pad_frames(np.ascontiguousarray(hr, dtype=np.float32), s * ph, s * pw)
@@ -331,6 +339,7 @@ class Engine:
         def one(lr_frames, hr_frames, inputs):
             cache.discard_before("lr", min(inputs.lr))
             cache.discard_before("hr", min(inputs.hr))
+            cache.discard_before(ALIGNED, inputs.t)
             return self.fuse_frame(lr_frames, hr_frames, inputs, cache)
 
         return _retaining_freed_memory(stream_frames(lr, hr, timeline, one, frames, progress))

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ..assess import Assessment, assess, candidate_methods
-from ..config import MODEL_ARCHS, CalibrationConfig, EngineConfig, TimeModel
+from ..config import CalibrationConfig, EngineConfig, TimeModel
 from ..io import read_stack
-from ..methods import create_method
+from ..methods import create_method, method_network
 from ..metrics import psnr
 from ..normalize import fit_normalization
 from ..pipeline import fuse_iter, prepare_inputs
@@ -80,7 +80,7 @@ def fusion_steps(plan: FusionPlan, stop: threading.Event) -> Iterator[Prepared |
     inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate,
                             registration=plan.registration)
     options = {}
-    if plan.method in MODEL_ARCHS:
+    if method_network(plan.method):
         options = {"weights": plan.weights, "engine": plan.engine}
     method = create_method(plan.method, **options)
     engine = getattr(method, "engine", None)
@@ -131,16 +131,18 @@ def assessment_steps(
     """Normalize the plan's stacks and score every method that runs here on their keyframes.
 
     Runs in a worker thread. The networks run on the plan's device; a weights file chosen
-    in the plan replaces the bundled weights of its own method. ``say`` receives progress
-    lines; ``stop`` cancels between two predictions (:class:`InterruptedError`).
+    in the plan replaces the bundled weights of every method that runs the same network as
+    the plan's method. ``say`` receives progress lines; ``stop`` cancels between two
+    predictions (:class:`InterruptedError`).
     """
     inputs = prepare_inputs(plan.lr, plan.hr, plan.time_model, hr_full_rate=plan.hr_full_rate,
                             registration=plan.registration)
 
     def options(name: str) -> dict:
-        if name not in MODEL_ARCHS:
+        network = method_network(name)
+        if network is None:
             return {}
-        weights = plan.weights if name == plan.method else None
+        weights = plan.weights if network == method_network(plan.method) else None
         return {"weights": weights, "engine": plan.engine}
 
     methods, skipped = candidate_methods(options)

@@ -37,10 +37,10 @@ from qtpy.QtWidgets import QScrollArea, QSizePolicy, QWidget
 from superqt import QCollapsible
 
 from ..checks import check_scale, full_rate_selection
-from ..config import MODEL_ARCHS, CalibrationConfig, EngineConfig, TimeModel
+from ..config import CalibrationConfig, EngineConfig, TimeModel
 from ..devices import available_devices
 from ..io import check_output_path, read_stack
-from ..methods import method_labels
+from ..methods import method_labels, method_network
 from ..models.weights import check_weights_file
 from ..registration import Registration
 from ..timeline import Timeline
@@ -56,7 +56,7 @@ from .placement import keyframe_time_placement
 from .record import RECORD_KEY, FusionRecord, ResultStack
 
 #: Methods in the order the menu offers them; others registered later follow.
-METHOD_ORDER = ("stf", "edvr", "bayes", "transfer", "bicubic")
+METHOD_ORDER = ("stf", "stf-aligned", "edvr", "bayes", "transfer", "bicubic")
 #: Largest result held in memory without an output file (bytes).
 IN_MEMORY_LIMIT = 4 * 2**30
 #: Memory kept for recent frames while a run streams to a file (bytes).
@@ -413,8 +413,8 @@ class FusionWidget(Container):
             )
         method = self.method.value
         weights = self._path(self.weights)
-        if method in MODEL_ARCHS:
-            check_weights_file(weights, method, time_model.scale)
+        if method_network(method):
+            check_weights_file(weights, method_network(method), time_model.scale)
         output = self._path(self.output)
         if output is not None:
             output = check_output_path(output, overwrite=self.overwrite.value)
@@ -475,7 +475,7 @@ class FusionWidget(Container):
         choice = self.device.value
         devices = available_devices()
         name = (devices[1] if len(devices) > 1 else "cpu") if choice == "auto" else choice
-        if self.method.value not in MODEL_ARCHS:
+        if method_network(self.method.value) is None:
             text, colour = "CPU (classical method)", "#8a8a8a"
         elif name.startswith("cuda"):
             import torch

@@ -16,6 +16,7 @@ from .base import (
     create_method,
     method_labels,
     method_names,
+    method_network,
     register,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "create_method",
     "method_labels",
     "method_names",
+    "method_network",
     "register",
 ]

@@ -28,11 +28,14 @@ class FusionMethod(ABC):
     Subclasses set ``name`` (the registry key) and ``label`` (for menus) and implement
     :meth:`fuse_frame` (one frame from its inputs) and :meth:`fuse` (a sequence, streamed);
     :meth:`prepare` checks the stacks and fits what a method learns from a whole recording
-    before either runs.
+    before either runs. Methods that run a network set ``arch``, the architecture of the
+    weights they load (``"stf"`` or ``"edvr"``), and take ``weights`` and ``engine``
+    options.
     """
 
     name: ClassVar[str]
     label: ClassVar[str]
+    arch: ClassVar[str | None] = None
 
     def settings(self) -> dict:
         """What decides this method's output besides its inputs, JSON-serializable.
@@ -124,12 +127,21 @@ def method_labels() -> dict[str, str]:
     return {name: cls.label for name, cls in _REGISTRY.items()}
 
 
-def create_method(name: str, **options) -> FusionMethod:
-    """Build the fusion method registered as ``name`` with its keyword options."""
+def _method_class(name: str) -> type[FusionMethod]:
     try:
-        cls = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise ValueError(
             f"unknown fusion method {name!r}; choose one of {', '.join(sorted(_REGISTRY))}."
         ) from None
-    return cls(**options)
+
+
+def method_network(name: str) -> str | None:
+    """The network architecture that method ``name`` runs (``"stf"``, ``"edvr"``), or None
+    for a classical method."""
+    return _method_class(name).arch
+
+
+def create_method(name: str, **options) -> FusionMethod:
+    """Build the fusion method registered as ``name`` with its keyword options."""
+    return _method_class(name)(**options)

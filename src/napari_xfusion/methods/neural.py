@@ -88,6 +88,27 @@ class EDVRSTFMethod(NeuralMethod):
 
 
 @register
+class AlignedEDVRSTFMethod(EDVRSTFMethod):
+    """EDVR-STF with each keyframe first shifted onto the output time's LR frame.
+
+    For a camera that moves during the recording (:mod:`napari_xfusion.alignment`); on a
+    still camera watching an object move it can do worse than ``stf``, which ``xfusion
+    assess`` tells on each recording.
+    """
+
+    name = "stf-aligned"
+    label = "EDVR-STF, aligned keyframes"
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        engine: EngineConfig = EngineConfig(),
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__(weights, dataclasses.replace(engine, align_keyframes=True), model)
+
+
+@register
 class EDVRMethod(NeuralMethod):
     """EDVR video super-resolution from three LR frames alone (Wang et al. 2019)."""
 
