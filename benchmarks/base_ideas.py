@@ -20,7 +20,10 @@ over unseen frames, the first ``--frames`` distinct frames), this prints the mea
   (``stf+align``) or the agreement base at width 0.06 (``agree0.06+align``) sees it; a camera
   that moves between the keyframes and ``t`` moves the whole frame. ``stf+against`` shifts
   the other way: if the gain came from the shift's interpolation and not from alignment, it
-  would gain too.
+  would gain too;
+* **trusting the agreement**: the bundled network with ``ModelConfig(trust_agreement=True)``
+  (its learned corrections scaled by ``1 - a``, ``a`` the better keyframe's agreement with
+  LR ``t``), untrained, as ``stf+trust`` and with aligned keyframes ``stf-aligned+trust``.
 
 Example (2-core CPU, about 15 minutes)::
 
@@ -30,6 +33,7 @@ Example (2-core CPU, about 15 minutes)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import torch
@@ -38,9 +42,9 @@ from skimage.registration import phase_cross_correlation
 
 from napari_xfusion.config import EngineConfig, NoiseConfig, TimeModel
 from napari_xfusion.engine import Engine
-from napari_xfusion.methods import create_method
+from napari_xfusion.methods import create_method, method_network
 from napari_xfusion.metrics import psnr
-from napari_xfusion.models import bundled_weights_path, load_weights
+from napari_xfusion.models import build_model, bundled_weights_path, load_weights
 from napari_xfusion.models.arch import KeyframeDetailBase
 from napari_xfusion.simulate import bin_frames, simulate_experiment
 from napari_xfusion.timeline import keyframe_position
@@ -68,6 +72,20 @@ def shift_keyframes(keys: np.ndarray, shifts: list[np.ndarray]) -> np.ndarray:
                      for key, shift in zip(keys, shifts, strict=True)])
 
 
+def options(name: str) -> dict:
+    """Networks on the CPU."""
+    return {"engine": EngineConfig(device="cpu")} if method_network(name) else {}
+
+
+def trusting_network() -> torch.nn.Module:
+    """The bundled EDVR-STF weights with ``trust_agreement`` switched on, untrained."""
+    bundled = load_weights(bundled_weights_path("stf"))
+    config = dataclasses.replace(bundled.config, trust_agreement=True)
+    network = build_model(config)
+    network.load_state_dict(bundled.state_dict())
+    return network.eval()
+
+
 def untrained_base(width: float) -> KeyframeDetailBase:
     """The network's agreement base at ``width``, with no learned correction (zero gate)."""
     base = KeyframeDetailBase(channels=1, agreement=True)
@@ -81,8 +99,8 @@ def agreement_transfer(base: KeyframeDetailBase, lr: np.ndarray, keys: np.ndarra
     """What ``base`` makes of LR ``t`` and its two keyframes."""
     lr_t = torch.from_numpy(lr)[None, None]
     with torch.no_grad():
-        out = base(lr_t, torch.from_numpy(keys)[None, :, None], torch.tensor([position]),
-                   torch.zeros_like(lr_t))
+        out, _ = base(lr_t, torch.from_numpy(keys)[None, :, None], torch.tensor([position]),
+                      torch.zeros_like(lr_t))
     return out[0, 0].numpy()
 
 
@@ -99,16 +117,19 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[st
     def add(name: str, image: np.ndarray, t: int) -> None:
         scores.setdefault(name, []).append(psnr(np.clip(image, 0, 1), truth[t]))
 
-    for name in ("transfer", "bayes", "stf"):
-        options = {"engine": EngineConfig(device="cpu")} if name == "stf" else {}
-        method = create_method(name, **options)
+    trusting = trusting_network()
+    runs = [(name, create_method(name, **options(name))) for name in ("transfer", "bayes", "stf")]
+    runs += [(f"{name}+trust", create_method(name, model=trusting, **options(name)))
+             for name in ("stf", "stf-aligned")]
+    for name, method in runs:
         for frame in method.fuse(exp.lr, exp.hr, timeline, frames=frames):
             image, t = np.asarray(frame.image, np.float32), frame.t
             residual_var = np.var(lr[t] - bin_frames(image, 4))
             wiener = max(0.0, 1.0 - noise_var / max(residual_var, 1e-12))
             add(name, image, t)
-            add(f"{name}+proj", project(image, lr[t]), t)
-            add(f"{name}+wiener", project(image, lr[t], wiener), t)
+            if "+" not in name:
+                add(f"{name}+proj", project(image, lr[t]), t)
+                add(f"{name}+wiener", project(image, lr[t], wiener), t)
     bases = {width: untrained_base(width) for width in WIDTHS}
     engine = Engine(load_weights(bundled_weights_path("stf")), EngineConfig(device="cpu"))
     for t in frames:

@@ -218,6 +218,12 @@ class ModelConfig:
     time_input : bool
         Give the network the position of ``t`` between its two keyframes (it cannot tell
         otherwise); added to the fused features through a learned vector.
+    trust_agreement : bool
+        With base ``"agreement"``: where a keyframe agrees with LR ``t`` (agreement ``a``
+        near 1: nothing moved), keep the base as it is; the learned corrections (the
+        reconstruction's residual and the change of the keyframe weights) are scaled by
+        ``1 - a``, the better keyframe's agreement. A still scene then gets the keyframe's
+        own detail, as the classical methods give it.
     hr_tail_channels : int
         Channels of the two layers at full HR resolution (64 in EDVR and the paper).
     hr_branch_channels : int or None
@@ -233,6 +239,7 @@ class ModelConfig:
     scale: int = 4
     base: str = "bilinear"
     time_input: bool = False
+    trust_agreement: bool = False
     hr_tail_channels: int = 64
     hr_branch_channels: int | None = None
 
@@ -272,9 +279,15 @@ class ModelConfig:
             f"base {self.base!r} transfers keyframe detail, which the LR-only {self.arch!r} "
             "network does not see: use base 'bilinear' for it.",
         )
+        for name in ("time_input", "trust_agreement"):
+            _require(
+                isinstance(getattr(self, name), bool),
+                f"model setting {name} must be true or false, got {getattr(self, name)!r}.",
+            )
         _require(
-            isinstance(self.time_input, bool),
-            f"model setting time_input must be true or false, got {self.time_input!r}.",
+            not self.trust_agreement or self.base == "agreement",
+            f"trust_agreement needs base 'agreement' (the keyframes' agreement with LR t), "
+            f"not {self.base!r}.",
         )
         for name in ("hr_tail_channels", "hr_branch_channels"):
             value = getattr(self, name)

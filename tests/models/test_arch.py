@@ -232,8 +232,8 @@ def test_agreement_base_is_detail_transfer_where_the_keyframes_agree():
     assert agreement.shape == keys.shape and agreement.min() > 0.99
     features = torch.zeros(1, 8, *lr_t.shape[-2:])
     with torch.no_grad():
-        expected = plain.keyframe_base(lr_t, keys, position, features)
-        torch.testing.assert_close(base(lr_t, keys, position, features), expected,
+        expected, _ = plain.keyframe_base(lr_t, keys, position, features)
+        torch.testing.assert_close(base(lr_t, keys, position, features)[0], expected,
                                    atol=2e-3, rtol=0)
 
 
@@ -246,16 +246,53 @@ def test_agreement_base_leaves_out_the_detail_of_what_moved():
     bicubic = F.interpolate(lr_t, scale_factor=4, mode="bicubic", align_corners=False)
     with torch.no_grad():
         # k0 agrees, k1 moved: the detail comes from k0 alone, at full weight.
-        out = model.keyframe_base(lr_t, torch.stack([frame, moved], 1), position, features)
+        out, _ = model.keyframe_base(lr_t, torch.stack([frame, moved], 1), position, features)
         error = (out - frame).square().mean()
-        transfer = _with(base="transfer").keyframe_base(
+        transfer, _ = _with(base="transfer").keyframe_base(
             lr_t, torch.stack([frame, moved], 1), position, features
         )
         assert error < 0.2 * (transfer - frame).square().mean()
         # Neither agrees: little detail is added to bicubic LR t.
-        out = model.keyframe_base(lr_t, torch.stack([moved, moved], 1), position, features)
+        out, _ = model.keyframe_base(lr_t, torch.stack([moved, moved], 1), position, features)
         assert (out - bicubic).abs().mean() < 0.3 * (transfer - bicubic).abs().mean()
     assert "keyframe_base.log_width" in model.state_dict()
+
+
+def test_trusting_the_agreement_leaves_a_still_scene_to_its_keyframe():
+    # A network whose learned corrections are strong (random, scaled up) changes the base
+    # everywhere; trusting the agreement, it leaves the base where a keyframe agrees with
+    # LR t and keeps its corrections where none does.
+    lr_t, frame = _scene()
+    _, moved = _scene(shift=6)
+    torch.manual_seed(0)
+    free = _with(base="agreement")
+    trusting = _with(base="agreement", trust_agreement=True)
+    with torch.no_grad():
+        free.conv_last.weight.normal_(0, 0.1)
+        free.keyframe_base.gate.weight.normal_(0, 0.1)
+    trusting.load_state_dict(free.state_dict())
+    position = torch.tensor([0.5])
+    lr = lr_t.expand(1, 3, -1, -1).unsqueeze(2)
+
+    def output(model, keys):
+        with torch.no_grad():
+            return model(lr, keys.unsqueeze(2), position)[0]
+
+    still = torch.stack([frame, frame], 1)[:, :, 0]
+    base, weight = trusting.keyframe_base(lr_t, still.unsqueeze(2), position,
+                                          torch.zeros(1, 8, *lr_t.shape[-2:]))
+    assert weight.max() < 0.01
+    assert (output(trusting, still) - frame).abs().mean() < 0.2 * (
+        output(free, still) - frame).abs().mean()
+    elsewhere = torch.stack([moved, moved], 1)[:, :, 0]
+    torch.testing.assert_close(output(trusting, elsewhere), output(free, elsewhere),
+                               atol=0.05, rtol=0)
+
+
+def test_trust_agreement_needs_the_agreement_base():
+    with pytest.raises(ValueError, match="trust_agreement needs base 'agreement'"):
+        ModelConfig.from_dict({**ModelConfig.preset("tiny").to_dict(), "base": "transfer",
+                               "trust_agreement": True})
 
 
 def test_time_input_starts_neutral_and_then_matters():

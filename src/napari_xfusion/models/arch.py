@@ -387,15 +387,20 @@ class KeyframeDetailBase(nn.Module):
     With ``agreement``, ``w`` is weighed by :func:`keyframe_agreement` ``a``: ``w_k a_k``
     renormalized over the two keyframes and scaled by the larger agreement, so the detail
     comes from the keyframe that still looks like LR ``t`` and fades where neither does.
-    The width of the agreement is learned (it starts at :data:`AGREEMENT_WIDTH`).
+    The width of the agreement is learned (it starts at :data:`AGREEMENT_WIDTH`). With
+    ``trust``, ``delta`` is scaled by ``1 - max(a)``, and so is the network's residual
+    (the second output, None otherwise), so that where a keyframe agrees the base stands.
 
     Shapes: lr_reference (N, 1, h, w), keyframes (N, 2, 1, 4h, 4w), position (N,),
-    features (N, C, h, w) -> (N, 1, 4h, 4w).
+    features (N, C, h, w) -> base (N, 1, 4h, 4w), residual weight (N, 1, 4h, 4w) or None.
     """
 
-    def __init__(self, channels: int, scale: int = 4, agreement: bool = False) -> None:
+    def __init__(
+        self, channels: int, scale: int = 4, agreement: bool = False, trust: bool = False
+    ) -> None:
         super().__init__()
         self.scale = scale
+        self.trust = trust
         self.gate = _conv3x3(channels, 2)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
@@ -405,7 +410,7 @@ class KeyframeDetailBase(nn.Module):
 
     def forward(
         self, lr_reference: Tensor, keyframes: Tensor, position: Tensor, features: Tensor
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor | None]:
         s = self.scale
         with torch.autocast(lr_reference.device.type, enabled=False):
             lr_up = F.interpolate(
@@ -418,16 +423,19 @@ class KeyframeDetailBase(nn.Module):
                 align_corners=False,
             )
             weights = torch.cat([1.0 - w1, w1], 1)
+            residual_weight = None
             if self.log_width is not None:
                 agreement = keyframe_agreement(
                     lr_reference.float(), keyframes.float(), self.log_width.exp(), s
                 )[:, :, 0]
+                best = agreement.amax(1, keepdim=True)
                 agreed = weights * agreement
-                weights = agreement.amax(1, keepdim=True) * agreed / (
-                    agreed.sum(1, keepdim=True) + 1e-6
-                )
+                weights = best * agreed / (agreed.sum(1, keepdim=True) + 1e-6)
+                if self.trust:
+                    residual_weight = 1.0 - best
+                    delta = delta * residual_weight
             weights = weights + delta
-            return lr_up + (weights * detail[:, :, 0]).sum(1, keepdim=True)
+            return lr_up + (weights * detail[:, :, 0]).sum(1, keepdim=True), residual_weight
 
 
 class FusionNetwork(nn.Module):
@@ -478,7 +486,8 @@ class FusionNetwork(nn.Module):
         self.conv_last = _conv3x3(tail, 1)
         if config.adds_keyframe_detail:
             self.keyframe_base = KeyframeDetailBase(
-                c, config.scale, agreement=config.base == "agreement"
+                c, config.scale, agreement=config.base == "agreement",
+                trust=config.trust_agreement,
             )
             # A zero residual at the start: the untrained network is detail transfer.
             nn.init.zeros_(self.conv_last.weight)
@@ -532,11 +541,13 @@ class FusionNetwork(nn.Module):
     def _base(
         self, lr_reference: Tensor, keyframes: Tensor | None, position: Tensor | None,
         features: Tensor,
-    ) -> Tensor:
-        """What the reconstructed residual is added to (``config.base``)."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """What the reconstructed residual is added to (``config.base``), and the weight
+        of the residual where the base asks for one (``trust_agreement``)."""
         if self.config.adds_keyframe_detail:
             return self.keyframe_base(lr_reference, keyframes, position, features)
-        return F.interpolate(lr_reference, scale_factor=4, mode="bilinear", align_corners=False)
+        up = F.interpolate(lr_reference, scale_factor=4, mode="bilinear", align_corners=False)
+        return up, None
 
     # -- public -------------------------------------------------------------------------
 
@@ -627,7 +638,10 @@ class FusionNetwork(nn.Module):
         # Averaged in fp32: under bf16 autocast a bf16 mean would round the scores to
         # about three digits, coarser than the differences the attention plot shows.
         attention = correlation.float().mean(dim=(2, 3))
-        return out + self._base(lr_reference, keyframes, position, recon), attention
+        base, residual_weight = self._base(lr_reference, keyframes, position, recon)
+        if residual_weight is not None:
+            out = out * residual_weight
+        return out + base, attention
 
     def receptive_field(self, max_offset: float = 8.0) -> int:
         """Upper estimate of the receptive-field radius, in LR pixels.
