@@ -25,7 +25,7 @@ over unseen frames, the first ``--frames`` distinct frames), this prints the mea
   (its learned corrections scaled by ``1 - a``, ``a`` the better keyframe's agreement with
   LR ``t``), untrained, as ``stf+trust`` and with aligned keyframes ``stf-aligned+trust``.
 
-Example (2-core CPU, about 15 minutes)::
+Example (2-core CPU, about 20 minutes)::
 
     PYTHONPATH=src python benchmarks/base_ideas.py --data-file .device-data/sequences.npz
 """
