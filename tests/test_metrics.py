@@ -86,3 +86,19 @@ def test_evaluate_subset_and_csv(tmp_path):
 def test_lr_psnr():
     clean = np.full((2, 4, 4), 0.5)
     assert metrics.lr_psnr(clean + 0.01, clean) == pytest.approx(40.0)
+
+
+def test_summary_table_columns_line_up_for_long_method_labels():
+    from napari_xfusion.evaluate import format_summary
+
+    truth = np.random.default_rng(2).random((4, 16, 16))
+    summary = metrics.evaluate(truth * 0.9, truth, np.array([True, False, False, True])).summary()
+    table = format_summary({"EDVR": summary, "EDVR-STF, aligned keyframes and more": summary})
+    rows = [line for line in table.splitlines()
+            if line and "PSNR mean" not in line and line not in ("unseen frames", "all frames")]
+    assert len(rows) == 4
+    # The frame counts (the first number of each row) end in the same column as "frames".
+    header = next(line for line in table.splitlines() if "PSNR mean" in line)
+    end = header.index("frames") + len("frames")
+    assert [row[end - 1] for row in rows] == ["2", "2", "4", "4"]
+    assert all(row[end] == " " for row in rows)

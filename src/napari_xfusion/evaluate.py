@@ -71,8 +71,9 @@ def evaluate_files(
 
 def format_summary(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
     """A plain-text table of :meth:`Evaluation.summary` results, one row per named result."""
+    width = max([24, *(len(name) for name in summaries)])
     header = (
-        f"{'':24s} {'frames':>6s} {'PSNR mean':>10s} {'median':>8s} "
+        f"{'':{width}s} {'frames':>6s} {'PSNR mean':>10s} {'median':>8s} "
         f"{'AAD mean':>9s} {'SSIM mean':>9s}"
     )
     lines = []
@@ -82,7 +83,7 @@ def format_summary(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
         for name, summary in summaries.items():
             row = summary[group]
             lines.append(
-                f"{name:24s} {int(row['frames']):6d} {row['psnr_mean']:10.2f} "
+                f"{name:{width}s} {int(row['frames']):6d} {row['psnr_mean']:10.2f} "
                 f"{row['psnr_median']:8.2f} {row['aad_mean']:9.4f} {row['ssim_mean']:9.4f}"
             )
         lines.append("")
