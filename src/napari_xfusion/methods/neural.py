@@ -35,6 +35,8 @@ class NeuralMethod(FusionMethod):
     """
 
     arch: ClassVar[str]
+    #: Whether the engine moves the keyframes onto each output time (``EngineConfig``).
+    align_keyframes: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -49,6 +51,8 @@ class NeuralMethod(FusionMethod):
                 f"the {self.label} method runs an {self.arch!r} network, not this "
                 f"{model.config.arch!r} one."
             )
+        if self.align_keyframes:
+            engine = dataclasses.replace(engine, align_keyframes=True)
         self.engine = Engine(model, engine)
 
     def settings(self) -> dict:
@@ -98,14 +102,7 @@ class AlignedEDVRSTFMethod(EDVRSTFMethod):
 
     name = "stf-aligned"
     label = "EDVR-STF, aligned keyframes"
-
-    def __init__(
-        self,
-        weights: str | Path | None = None,
-        engine: EngineConfig = EngineConfig(),
-        model: torch.nn.Module | None = None,
-    ) -> None:
-        super().__init__(weights, dataclasses.replace(engine, align_keyframes=True), model)
+    align_keyframes = True
 
 
 @register
