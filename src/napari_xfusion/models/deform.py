@@ -250,11 +250,7 @@ def _deform_conv2d_chunk(
     base_y = base_y.reshape(taps, h_out, w_out)
     base_x = base_x.reshape(taps, h_out, w_out)
 
-    # Offsets and mask come from convolutions that may run channels-last; splitting their
-    # channel axis then gives strided views that make every elementwise step below (and
-    # the column reshape before the matrix product) several times slower.
-    off = offset.to(dtype, memory_format=torch.contiguous_format)
-    off = off.reshape(b, offset_groups, taps, 2, h_out, w_out)
+    off = offset.to(dtype).reshape(b, offset_groups, taps, 2, h_out, w_out)
     y = base_y + off[:, :, :, 0]  # (B, G, taps, H_out, W_out)
     x = base_x + off[:, :, :, 1]
     # grid_sample with align_corners=False maps pixel centre p to (2p + 1) / size - 1; its
@@ -271,8 +267,7 @@ def _deform_conv2d_chunk(
     )  # (B * G, C / G, taps * H_out, W_out)
     sampled = sampled.reshape(b, offset_groups, c // offset_groups, taps, h_out, w_out)
     if mask is not None:
-        mask = mask.to(dtype, memory_format=torch.contiguous_format)
-        mask = mask.reshape(b, offset_groups, 1, taps, h_out, w_out)
+        mask = mask.to(dtype).reshape(b, offset_groups, 1, taps, h_out, w_out)
         # In place when no gradient is recorded: this is the largest tensor of the network.
         sampled = sampled * mask if torch.is_grad_enabled() else sampled.mul_(mask)
 
