@@ -15,8 +15,9 @@ over unseen frames, the first ``--frames`` distinct frames), this prints the mea
   transfer whose keyframe weights are scaled by the keyframes' agreement with LR ``t``) at
   several widths, against plain detail transfer and Bayesian fusion;
 * **keyframe alignment**: each keyframe shifted by the global translation that best maps it
-  onto LR ``t`` (:func:`global_shift`: phase correlation of LR ``t`` with the binned
-  keyframe, to 1/20 LR pixel; cubic-spline shift of the HR frame) before the bundled network
+  onto LR ``t`` (:func:`napari_xfusion.alignment.align_keyframes`, what ``stf-aligned``
+  does: phase correlation of LR ``t`` with the binned keyframe, to 1/20 LR pixel;
+  cubic-spline shift of the HR frame) before the bundled network
   (``stf+align``) or the agreement base at width 0.06 (``agree0.06+align``) sees it; a camera
   that moves between the keyframes and ``t`` moves the whole frame. ``stf+against`` shifts
   the other way: if the gain came from the shift's interpolation and not from alignment, it
@@ -38,8 +39,8 @@ import dataclasses
 import numpy as np
 import torch
 from scipy import ndimage
-from skimage.registration import phase_cross_correlation
 
+from napari_xfusion.alignment import align_keyframes, keyframe_shift
 from napari_xfusion.config import EngineConfig, NoiseConfig, TimeModel
 from napari_xfusion.engine import Engine
 from napari_xfusion.methods import create_method, method_network
@@ -59,17 +60,12 @@ def project(fused: np.ndarray, lr: np.ndarray, weight: float = 1.0) -> np.ndarra
     return fused + weight * np.kron(residual, np.ones((4, 4), np.float32))
 
 
-def global_shift(lr_t: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """``(dy, dx)`` in LR pixels that moves the binned ``key`` onto ``lr_t``."""
-    shift, _, _ = phase_cross_correlation(lr_t, bin_frames(key, 4), upsample_factor=20,
-                                          normalization=None)
-    return shift
-
-
-def shift_keyframes(keys: np.ndarray, shifts: list[np.ndarray]) -> np.ndarray:
-    """HR keyframes ``(2, H, W)`` moved by LR-pixel ``shifts`` (cubic spline, edges held)."""
-    return np.stack([ndimage.shift(key, 4 * shift, order=3, mode="nearest")
-                     for key, shift in zip(keys, shifts, strict=True)])
+def shifted_against(lr_t: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """HR keyframes ``(2, H, W)`` moved as far as alignment would move them, the other way."""
+    return np.stack([
+        ndimage.shift(key, -4 * keyframe_shift(lr_t, key, scale=4), order=3, mode="nearest")
+        for key in keys
+    ])
 
 
 def options(name: str) -> dict:
@@ -138,11 +134,10 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[st
         position = keyframe_position(t, *inputs.hr_times)
         for width, base in bases.items():
             add(f"agree{width:g}", agreement_transfer(base, lr[t], keys, position), t)
-        shifts = [global_shift(lr[t], key) for key in keys]
-        aligned = shift_keyframes(keys, shifts)
+        aligned = align_keyframes(lr[t], keys, scale=4)
         add("agree0.06+align", agreement_transfer(bases[0.06], lr[t], aligned, position), t)
         add("stf+align", engine.fuse_frame(lr[list(inputs.lr)], aligned, inputs)[0], t)
-        against = shift_keyframes(keys, [-shift for shift in shifts])
+        against = shifted_against(lr[t], keys)
         add("stf+against", engine.fuse_frame(lr[list(inputs.lr)], against, inputs)[0], t)
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
