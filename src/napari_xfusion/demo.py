@@ -66,10 +66,10 @@ def sample_experiment(
 
 def runnable_methods() -> list[str]:
     """Registered methods that can run here: the learned ones only with bundled weights."""
+    networks = {name: method_network(name) for name in method_names()}
     return [
-        name
-        for name in method_names()
-        if method_network(name) is None or bundled_weights_path(method_network(name)).exists()
+        name for name, network in networks.items()
+        if network is None or bundled_weights_path(network).exists()
     ]
 
 

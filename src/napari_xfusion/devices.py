@@ -115,10 +115,10 @@ def _glibc() -> ctypes.CDLL | None:
 
 @contextlib.contextmanager
 def retain_freed_memory() -> Iterator[bool]:
-    """Keep memory freed by PyTorch in the process while a network trains on the CPU.
+    """Keep memory freed by PyTorch in the process while a network trains or fuses on the CPU.
 
     glibc's ``malloc`` maps each block above a few MiB freshly from the system and
-    unmaps it when freed, so every step of CPU training, which allocates and frees
+    unmaps it when freed, so every step of CPU training (or fused frame), which allocates and frees
     gigabytes of such blocks, pays again for the system zero-filling its pages: 40% of a
     step of the default preset (2-core AMD EPYC, batch 16, 64-pixel LR crops, bf16: 9.4 s
     -> 5.9 s per step inside this block; the results are the same bit for bit). Inside the

@@ -413,8 +413,9 @@ class FusionWidget(Container):
             )
         method = self.method.value
         weights = self._path(self.weights)
-        if method_network(method):
-            check_weights_file(weights, method_network(method), time_model.scale)
+        network = method_network(method)
+        if network is not None:
+            check_weights_file(weights, network, time_model.scale)
         output = self._path(self.output)
         if output is not None:
             output = check_output_path(output, overwrite=self.overwrite.value)
