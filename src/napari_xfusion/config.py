@@ -222,8 +222,10 @@ class ModelConfig:
         With base ``"agreement"``: where a keyframe agrees with LR ``t`` (agreement ``a``
         near 1: nothing moved), keep the base as it is; the learned corrections (the
         reconstruction's residual and the change of the keyframe weights) are scaled by
-        ``1 - a``, the better keyframe's agreement. A still scene then gets the keyframe's
-        own detail, as the classical methods give it.
+        ``1 - a``, the better keyframe's agreement. The agreement discounts the LR noise
+        (measured on each frame) and the base's LR ``t`` is averaged with the keyframes
+        that agree with it, so a still scene gets the keyframe's own image, clean or
+        noisy LR alike.
     hr_tail_channels : int
         Channels of the two layers at full HR resolution (64 in EDVR and the paper).
     hr_branch_channels : int or None

@@ -8,7 +8,13 @@ import torch.nn.functional as F
 
 from napari_xfusion.config import ModelConfig
 from napari_xfusion.models import EDVR, EDVRSTF, build_model, count_parameters
-from napari_xfusion.models.arch import DCNv2Pack, keyframe_agreement
+from napari_xfusion.models.arch import (
+    DCNv2Pack,
+    keyframe_agreement,
+    keyframe_fit,
+    keyframe_lows,
+    lr_noise_variance,
+)
 
 
 def _inputs(b=1, h=8, w=12, seed=0):
@@ -228,8 +234,8 @@ def test_agreement_base_is_detail_transfer_where_the_keyframes_agree():
     keys = torch.stack([frame, 1.5 * frame + 0.1], 1)  # (1, 2, 1, H, W)
     position = torch.tensor([0.3])
     base = agreeing.keyframe_base
-    agreement = keyframe_agreement(lr_t, keys, base.log_width.exp())
-    assert agreement.shape == keys.shape and agreement.min() > 0.99
+    agreement = keyframe_agreement(keyframe_fit(lr_t, keys)[1], base.log_width.exp())
+    assert agreement.shape == (1, 2, 1, *lr_t.shape[-2:]) and agreement.min() > 0.99
     features = torch.zeros(1, 8, *lr_t.shape[-2:])
     with torch.no_grad():
         expected, _ = plain.keyframe_base(lr_t, keys, position, features)
@@ -256,6 +262,43 @@ def test_agreement_base_leaves_out_the_detail_of_what_moved():
         out, _ = model.keyframe_base(lr_t, torch.stack([moved, moved], 1), position, features)
         assert (out - bicubic).abs().mean() < 0.3 * (transfer - bicubic).abs().mean()
     assert "keyframe_base.log_width" in model.state_dict()
+
+
+def _broad_scene(shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """An HR frame of broad structure, as real scenes are once binned, and its binning."""
+    y, x = torch.meshgrid(torch.arange(128.0), torch.arange(128.0) + shift, indexing="ij")
+    frame = 0.5 + 0.2 * torch.sin(x / 9) * torch.cos(y / 13) + 0.1 * torch.sin((x + 2 * y) / 5)
+    return F.avg_pool2d(frame[None, None], 4), frame[None, None]
+
+
+def _lr_noise(lr: torch.Tensor, sigma: float = 0.03) -> torch.Tensor:
+    return sigma * torch.randn(lr.shape, generator=torch.Generator().manual_seed(1))
+
+
+def test_lr_noise_variance_measures_the_noise_of_lr_t_alone():
+    lr_t, frame = _broad_scene()
+    _, moved = _broad_scene(shift=7)
+    # One keyframe from a camera of another gain, one taken after the scene moved.
+    keys = torch.stack([1.5 * frame, moved], 1)
+    for lr, variance in ((lr_t, 0.0), (lr_t + _lr_noise(lr_t), 0.03**2)):
+        matched, _ = keyframe_fit(lr, keys)
+        assert lr_noise_variance(lr, matched).item() == pytest.approx(variance, abs=2e-4)
+
+
+def test_keyframe_lows_average_the_noise_out_only_where_the_keyframes_agree():
+    lr_t, frame = _broad_scene()
+    _, moved = _broad_scene(shift=7)
+    noise = _lr_noise(lr_t)
+
+    def lows(lr, key):
+        matched, misfit = keyframe_fit(lr, torch.stack([key, key], 1))
+        return keyframe_lows(lr, matched, misfit, lr_noise_variance(lr, matched))
+
+    torch.testing.assert_close(lows(lr_t, frame), lr_t, atol=1e-4, rtol=0)
+    # A still, noisy scene: most of the noise goes.
+    assert (lows(lr_t + noise, frame) - lr_t).square().mean() < 0.2 * noise.square().mean()
+    # The scene moved: LR t keeps (nearly) all it saw.
+    assert (lows(lr_t + noise, moved) - lr_t).square().mean() < 1.2 * noise.square().mean()
 
 
 def test_trusting_the_agreement_leaves_a_still_scene_to_its_keyframe():
@@ -287,6 +330,19 @@ def test_trusting_the_agreement_leaves_a_still_scene_to_its_keyframe():
     elsewhere = torch.stack([moved, moved], 1)[:, :, 0]
     torch.testing.assert_close(output(trusting, elsewhere), output(free, elsewhere),
                                atol=0.05, rtol=0)
+
+
+def test_trusting_the_agreement_takes_a_noisy_still_scene_from_its_keyframes():
+    lr_t, frame = _broad_scene()
+    noisy = (lr_t + _lr_noise(lr_t)).expand(1, 3, -1, -1).unsqueeze(2)
+    keys = torch.stack([frame, frame], 1)
+    position = torch.tensor([0.5])
+    errors = {}
+    for trust in (False, True):
+        model = _with(base="agreement", trust_agreement=trust)
+        with torch.no_grad():
+            errors[trust] = (model(noisy, keys, position)[0] - frame).square().mean()
+    assert errors[True] < 0.2 * errors[False]
 
 
 def test_trust_agreement_needs_the_agreement_base():

@@ -18,7 +18,8 @@ pyramids of its frames. ``forward(lr, hr)`` runs both halves, as training does.
 
 Options beyond the paper (:class:`~napari_xfusion.config.ModelConfig`; the ``paper`` preset
 uses none of them): the residual added to a detail-transfer estimate instead of bilinear LR
-(``base="transfer"``, or ``"agreement"`` weighted by :func:`keyframe_agreement`;
+(``base="transfer"``, or ``"agreement"`` weighted by :func:`keyframe_agreement`,
+optionally trusted where it agrees: ``trust_agreement``;
 :class:`KeyframeDetailBase`), the position of ``t`` between its keyframes as an input
 (``time_input``), and narrower layers at full HR resolution
 (``hr_tail_channels``, ``hr_branch_channels``), where most of a compact network's work is.
@@ -347,29 +348,88 @@ def keyframe_detail(keyframes: Tensor, scale: int = 4) -> Tensor:
 AGREEMENT_WIDTH = 0.06
 
 
-def keyframe_agreement(lr_reference: Tensor, keyframes: Tensor, width: Tensor, scale: int = 4
-                       ) -> Tensor:
-    """How well each keyframe agrees with LR ``t`` around each pixel, in (0, 1].
+def keyframe_fit(lr_reference: Tensor, keyframes: Tensor, scale: int = 4
+                 ) -> tuple[Tensor, Tensor]:
+    """Each keyframe binned to the LR grid and matched to LR ``t``, and how well it fits.
 
-    Each keyframe is binned to the LR grid and matched to LR ``t`` by a gain and offset
-    (least squares over the frame, the gain kept within [0.5, 2]), so that two cameras of
-    different response, or a flicker of the source, do not count as disagreement. The
-    agreement is ``exp(-m / width^2)`` with ``m`` the squared difference averaged over
-    3 x 3 LR pixels, repeated over each LR pixel's ``scale x scale`` HR pixels.
+    The match is a gain and offset (least squares over the frame, the gain kept within
+    [0.5, 2]), so that two cameras of different response, or a flicker of the source, do
+    not count as a misfit. The misfit is the squared difference from LR ``t`` averaged
+    over 3 x 3 LR pixels.
 
-    Shapes: lr_reference (N, 1, h, w), keyframes (N, 2, 1, sh, sw), width () ->
-    (N, 2, 1, sh, sw).
+    Shapes: lr_reference (N, 1, h, w), keyframes (N, 2, 1, sh, sw) -> matched keyframes
+    (N, 2, 1, h, w), misfit (N, 2, 1, h, w).
     """
     coarse = F.avg_pool2d(keyframes.flatten(0, 1), scale).unflatten(0, (-1, 2))
     target = lr_reference[:, None]
     x = coarse - coarse.mean((-2, -1), keepdim=True)
-    y = target - target.mean((-2, -1), keepdim=True)
+    target_mean = target.mean((-2, -1), keepdim=True)
+    y = target - target_mean
     gain = ((x * y).mean((-2, -1), keepdim=True) / (x.square().mean((-2, -1), keepdim=True)
                                                      + 1e-12)).clamp(0.5, 2.0)
-    misfit = (gain * x - y).square().flatten(0, 1)
+    matched = gain * x + target_mean
+    misfit = (matched - target).square().flatten(0, 1)
     local = F.avg_pool2d(misfit, 3, stride=1, padding=1, count_include_pad=False)
-    agreement = torch.exp(-local / width.square()).unflatten(0, (-1, 2))
-    return agreement.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    return matched, local.unflatten(0, (-1, 2))
+
+
+def keyframe_agreement(misfit: Tensor, width: Tensor, noise: Tensor | None = None) -> Tensor:
+    """How well each keyframe agrees with LR ``t`` around each pixel, in (0, 1].
+
+    ``exp(-m / width^2)`` with ``m`` the :func:`keyframe_fit` misfit, less the LR noise
+    variance when ``noise`` is given (a misfit no larger than the noise is agreement).
+
+    Shapes: misfit (N, 2, 1, h, w), width (), noise (N, 1, 1, 1) -> (N, 2, 1, h, w).
+    """
+    if noise is not None:
+        misfit = (misfit - noise[:, None]).clamp(min=0.0)
+    return torch.exp(-misfit / width.square())
+
+
+#: Immerkaer's noise-estimation kernel: it cancels planes and gains 36 on white noise.
+_NOISE_KERNEL = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+
+
+def lr_noise_variance(lr_reference: Tensor, matched: Tensor) -> Tensor:
+    """The noise variance of LR ``t``, from the keyframes' share of fine-scale energy.
+
+    A frame's fine-scale energy ``E`` (the mean square of Immerkaer's kernel, per unit of
+    white-noise variance) and its variance ``V`` both gain the noise variance ``n``. Binned
+    to the LR grid, a keyframe is nearly noise-free and shows the same kind of scene, even
+    where it has moved, so LR ``t`` would have ``E/V`` of its keyframes without noise:
+    ``n ~ E_t - V_t E_k / V_k``, which ignores the camera's gain and errs low (by the
+    fraction ``E_k / V_k``, small for real scenes), never high; 0 on clean LR.
+
+    Shapes: lr_reference (N, 1, h, w), matched (N, 2, 1, h, w) -> (N, 1, 1, 1).
+    """
+    kernel = _NOISE_KERNEL.to(lr_reference)[None, None]
+
+    def energy_and_variance(frames: Tensor) -> tuple[Tensor, Tensor]:
+        energy = F.conv2d(frames, kernel).square().mean((-3, -2, -1)) / 36.0
+        return energy, frames.var((-3, -2, -1))
+
+    energy, variance = energy_and_variance(lr_reference)
+    key_energy, key_variance = energy_and_variance(matched.flatten(0, 1))
+    share = (key_energy / (key_variance + 1e-12)).unflatten(0, (-1, 2)).mean(1)
+    return (energy - variance * share).clamp(min=0.0).view(-1, 1, 1, 1)
+
+
+def keyframe_lows(lr_reference: Tensor, matched: Tensor, misfit: Tensor, noise: Tensor
+                  ) -> Tensor:
+    """LR ``t`` with its noise averaged out against the keyframes that agree with it.
+
+    Each pixel is the inverse-variance mean of LR ``t`` (variance ``noise``) and the two
+    matched keyframes (variance ``tau^2``, their misfit less the noise: what changed
+    since they were taken). On clean LR it is LR ``t`` itself; where a noisy frame is
+    still, it is mostly the keyframes.
+
+    Shapes: lr_reference (N, 1, h, w), matched and misfit (N, 2, 1, h, w), noise
+    (N, 1, 1, 1) -> (N, 1, h, w).
+    """
+    change = (misfit - noise[:, None]).clamp(min=1e-6)
+    ratio = noise[:, None] / change
+    weights = ratio / (1.0 + ratio.sum(1, keepdim=True))
+    return lr_reference + (weights * (matched - lr_reference[:, None])).sum(1)
 
 
 class KeyframeDetailBase(nn.Module):
@@ -388,8 +448,11 @@ class KeyframeDetailBase(nn.Module):
     renormalized over the two keyframes and scaled by the larger agreement, so the detail
     comes from the keyframe that still looks like LR ``t`` and fades where neither does.
     The width of the agreement is learned (it starts at :data:`AGREEMENT_WIDTH`). With
-    ``trust``, ``delta`` is scaled by ``1 - max(a)``, and so is the network's residual
-    (the second output, None otherwise), so that where a keyframe agrees the base stands.
+    ``trust``, the base stands where a keyframe agrees: ``delta`` is scaled by
+    ``1 - max(a)``, and so is the network's residual (the second output, None otherwise);
+    and since a noisy LR ``t`` would pass its noise on, the agreement discounts the LR
+    noise (:func:`lr_noise_variance`) and ``bicubic`` upsamples LR ``t`` averaged with
+    the keyframes that agree with it (:func:`keyframe_lows`) instead of LR ``t``.
 
     Shapes: lr_reference (N, 1, h, w), keyframes (N, 2, 1, 4h, 4w), position (N,),
     features (N, C, h, w) -> base (N, 1, 4h, 4w), residual weight (N, 1, 4h, 4w) or None.
@@ -413,10 +476,8 @@ class KeyframeDetailBase(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         s = self.scale
         with torch.autocast(lr_reference.device.type, enabled=False):
-            lr_up = F.interpolate(
-                lr_reference.float(), scale_factor=s, mode="bicubic", align_corners=False
-            )
-            detail = keyframe_detail(keyframes.flatten(0, 1).float(), s).unflatten(0, (-1, 2))
+            lr_reference, keyframes = lr_reference.float(), keyframes.float()
+            detail = keyframe_detail(keyframes.flatten(0, 1), s).unflatten(0, (-1, 2))
             w1 = position.float().clamp(0.0, 1.0).view(-1, 1, 1, 1)
             delta = F.interpolate(
                 self.gate(features.float()), scale_factor=s, mode="bilinear",
@@ -424,10 +485,15 @@ class KeyframeDetailBase(nn.Module):
             )
             weights = torch.cat([1.0 - w1, w1], 1)
             residual_weight = None
+            lows = lr_reference
             if self.log_width is not None:
-                agreement = keyframe_agreement(
-                    lr_reference.float(), keyframes.float(), self.log_width.exp(), s
-                )[:, :, 0]
+                matched, misfit = keyframe_fit(lr_reference, keyframes, s)
+                noise = None
+                if self.trust:
+                    noise = lr_noise_variance(lr_reference, matched)
+                    lows = keyframe_lows(lr_reference, matched, misfit, noise)
+                agreement = keyframe_agreement(misfit, self.log_width.exp(), noise)[:, :, 0]
+                agreement = agreement.repeat_interleave(s, -2).repeat_interleave(s, -1)
                 best = agreement.amax(1, keepdim=True)
                 agreed = weights * agreement
                 weights = best * agreed / (agreed.sum(1, keepdim=True) + 1e-6)
@@ -435,6 +501,7 @@ class KeyframeDetailBase(nn.Module):
                     residual_weight = 1.0 - best
                     delta = delta * residual_weight
             weights = weights + delta
+            lr_up = F.interpolate(lows, scale_factor=s, mode="bicubic", align_corners=False)
             return lr_up + (weights * detail[:, :, 0]).sum(1, keepdim=True), residual_weight
 
 
