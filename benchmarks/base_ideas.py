@@ -22,9 +22,13 @@ over unseen frames, the first ``--frames`` distinct frames), this prints the mea
   that moves between the keyframes and ``t`` moves the whole frame. ``stf+against`` shifts
   the other way: if the gain came from the shift's interpolation and not from alignment, it
   would gain too;
-* **trusting the agreement**: the bundled network with ``ModelConfig(trust_agreement=True)``
-  (its learned corrections scaled by ``1 - a``, ``a`` the better keyframe's agreement with
-  LR ``t``), untrained, as ``stf+trust`` and with aligned keyframes ``stf-aligned+trust``.
+* **trusting the agreement**: the network with ``ModelConfig(trust_agreement)`` switched
+  (on: its learned corrections scaled by ``1 - a``, ``a`` the better keyframe's
+  noise-discounted agreement with LR ``t``, and LR ``t`` averaged with the keyframes that
+  agree with it), without training for it, as ``stf+trust`` (or ``stf-trust`` when the
+  weights already trust) and with aligned keyframes ``stf-aligned+trust``.
+
+``stf`` is the bundled network unless ``--weights`` names another weights file.
 
 Example (2-core CPU, about 20 minutes)::
 
@@ -73,13 +77,13 @@ def options(name: str) -> dict:
     return {"engine": EngineConfig(device="cpu")} if method_network(name) else {}
 
 
-def trusting_network() -> torch.nn.Module:
-    """The bundled EDVR-STF weights with ``trust_agreement`` switched on, untrained."""
-    bundled = load_weights(bundled_weights_path("stf"))
-    config = dataclasses.replace(bundled.config, trust_agreement=True)
-    network = build_model(config)
-    network.load_state_dict(bundled.state_dict())
-    return network.eval()
+def switched_trust(weights: str) -> tuple[torch.nn.Module, str]:
+    """The EDVR-STF weights with ``trust_agreement`` switched, and the column's suffix."""
+    network = load_weights(weights)
+    trust = not network.config.trust_agreement
+    switched = build_model(dataclasses.replace(network.config, trust_agreement=trust))
+    switched.load_state_dict(network.state_dict())
+    return switched.eval(), "+trust" if trust else "-trust"
 
 
 def untrained_base(width: float) -> KeyframeDetailBase:
@@ -100,7 +104,8 @@ def agreement_transfer(base: KeyframeDetailBase, lr: np.ndarray, keys: np.ndarra
     return out[0, 0].numpy()
 
 
-def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[str, float]:
+def run_setting(truth: np.ndarray, spacing: int, noise: float | None, weights: str
+                ) -> dict[str, float]:
     exp = simulate_experiment(truth, TimeModel(spacing=spacing),
                               NoiseConfig(target_psnr=noise, seed=1))
     timeline, lr = exp.timeline, np.asarray(exp.lr, np.float32)
@@ -113,9 +118,11 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[st
     def add(name: str, image: np.ndarray, t: int) -> None:
         scores.setdefault(name, []).append(psnr(np.clip(image, 0, 1), truth[t]))
 
-    trusting = trusting_network()
-    runs = [(name, create_method(name, **options(name))) for name in ("transfer", "bayes", "stf")]
-    runs += [(f"{name}+trust", create_method(name, model=trusting, **options(name)))
+    network = load_weights(weights).eval()
+    switched, suffix = switched_trust(weights)
+    runs = [(name, create_method(name, **options(name))) for name in ("transfer", "bayes")]
+    runs += [("stf", create_method("stf", model=network, **options("stf")))]
+    runs += [(f"{name}{suffix}", create_method(name, model=switched, **options(name)))
              for name in ("stf", "stf-aligned")]
     for name, method in runs:
         for frame in method.fuse(exp.lr, exp.hr, timeline, frames=frames):
@@ -123,11 +130,11 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None) -> dict[st
             residual_var = np.var(lr[t] - bin_frames(image, 4))
             wiener = max(0.0, 1.0 - noise_var / max(residual_var, 1e-12))
             add(name, image, t)
-            if "+" not in name:
+            if name in ("transfer", "bayes", "stf"):
                 add(f"{name}+proj", project(image, lr[t]), t)
                 add(f"{name}+wiener", project(image, lr[t], wiener), t)
     bases = {width: untrained_base(width) for width in WIDTHS}
-    engine = Engine(load_weights(bundled_weights_path("stf")), EngineConfig(device="cpu"))
+    engine = Engine(network, EngineConfig(device="cpu"))
     for t in frames:
         inputs = timeline.inputs(t)
         keys = hr[list(inputs.hr)]
@@ -146,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-file", default=".device-data/sequences.npz")
     parser.add_argument("--frames", type=int, default=61, help="most frames per sequence")
+    parser.add_argument("--weights", default=str(bundled_weights_path("stf")),
+                        help="EDVR-STF weights file (default: the bundled one)")
     parser.add_argument("--sequences", nargs="+", default=["visp-cube", "carphone",
                                                            "visp-ellipse"])
     args = parser.parse_args(argv)
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         for spacing in (10, 20):
             for noise in (None, 30.0):
                 label = f"{seq.name} D={spacing} {'clean' if noise is None else '30 dB'}"
-                rows.append((label, run_setting(truth, spacing, noise)))
+                rows.append((label, run_setting(truth, spacing, noise, args.weights)))
                 print(label, {k: round(v, 2) for k, v in rows[-1][1].items()}, flush=True)
     names = list(rows[0][1])
     print("\n| setting | " + " | ".join(names) + " |")
