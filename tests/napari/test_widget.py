@@ -9,6 +9,7 @@ import tifffile
 
 pytest.importorskip("napari")
 
+from napari_xfusion import devices  # noqa: E402
 from napari_xfusion._napari import widget as _widget  # noqa: E402
 from napari_xfusion._napari.record import RECORD_KEY  # noqa: E402
 from napari_xfusion._napari.widget import FusionWidget  # noqa: E402
@@ -165,6 +166,7 @@ def test_closing_the_dock_while_fusing_stops_the_work_cleanly(dock, qtbot, tmp_p
     viewer, widget = dock
     output = tmp_path / "fused.tif"
     widget.output.value = str(output)
+    retaining = devices._retain_depth
     widget.start()
     worker = widget.worker
     qtbot.waitUntil(lambda: widget.result_layer is not None, timeout=WAIT_MS)
@@ -176,6 +178,8 @@ def test_closing_the_dock_while_fusing_stops_the_work_cleanly(dock, qtbot, tmp_p
     # would fail the test on an exception in a Qt slot), and the frames made are kept.
     qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
     assert (tmp_path / "fused.incomplete.tif").exists() and not output.exists()
+    # The fusion was closed, not left suspended: its allocator settings are gone with it.
+    assert devices._retain_depth == retaining
 
 
 def test_a_spacing_that_leaves_most_keyframes_outside_runs_but_says_so(dock):

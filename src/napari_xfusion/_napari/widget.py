@@ -76,8 +76,10 @@ class _Background:
 
     When the dock (or the viewer) closes, its Qt objects are deleted while a worker may
     still run; the worker's next signal would then reach deleted widgets and abort Python.
-    :meth:`stop` is connected to the dock's ``destroyed`` signal: it stops the work at the
-    next frame and cuts the worker off from the widget first.
+    :meth:`stop` is connected to the dock's ``destroyed`` signal: it cuts the worker off
+    from the widget and sets the stop flag, so the work ends at its next step the way a
+    cancel ends it, closing what it holds (an output file, the fusion's allocator
+    settings); the worker is not told to quit, which would leave the work suspended.
 
     Parameters
     ----------
@@ -124,7 +126,6 @@ class _Background:
                 getattr(worker, name).disconnect(handler)
             except (TypeError, RuntimeError):  # already gone
                 pass
-        worker.quit()
 
 
 #: What each setting means, shown when the pointer rests on it (attribute: text).
