@@ -11,11 +11,14 @@ samples (the recipe, not the network), which decides the trade between clean and
 
 Variants (``--variants``):
 
-* ``control``: the bundled network as it is (residual on bilinear LR);
+* ``control``: the bundled network as it is;
 * ``transfer``: the residual added to detail transfer with learned keyframe weights;
 * ``agreement``: the same, each keyframe's weight also scaled by how well it agrees with
   LR ``t`` around each pixel;
-* ``transfer+time``: the same, plus the position of ``t`` between its keyframes as input;
+* ``trust``: the same, trusting the agreement (``trust_agreement``: the learned
+  corrections fade where a keyframe agrees with LR ``t`` within the LR noise);
+* ``transfer+time``: detail transfer, plus the position of ``t`` between its keyframes as
+  input;
 * ``transfer+time+narrow``: the same with 16-channel layers at full HR resolution (the
   reconstruction tail and the keyframe branch), which start afresh.
 
@@ -38,11 +41,13 @@ from napari_xfusion.training.train import LOG_JSONL, train
 
 VARIANTS = {
     "control": {},
-    "transfer": {"base": "transfer"},
-    "agreement": {"base": "agreement"},
-    "transfer+time": {"base": "transfer", "time_input": True},
+    "transfer": {"base": "transfer", "trust_agreement": False},
+    "agreement": {"base": "agreement", "trust_agreement": False},
+    "trust": {"base": "agreement", "trust_agreement": True},
+    "transfer+time": {"base": "transfer", "trust_agreement": False, "time_input": True},
     "transfer+time+narrow": {
-        "base": "transfer", "time_input": True, "hr_tail_channels": 16, "hr_branch_channels": 16,
+        "base": "transfer", "trust_agreement": False, "time_input": True,
+        "hr_tail_channels": 16, "hr_branch_channels": 16,
     },
 }
 

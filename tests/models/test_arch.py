@@ -179,7 +179,7 @@ def test_paper_preset_keeps_the_papers_tensors(arch, signature):
     # options beyond the paper must not change the paper preset.
     config = ModelConfig.preset("paper", arch)
     assert (config.base, config.time_input, config.hr_tail_channels) == ("bilinear", False, 64)
-    assert config.hr_branch_channels is None
+    assert config.hr_branch_channels is None and not config.trust_agreement
     assert _signature(build_model(config)) == signature
 
 
