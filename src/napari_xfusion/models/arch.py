@@ -398,7 +398,8 @@ def lr_noise_variance(lr_reference: Tensor, matched: Tensor) -> Tensor:
     to the LR grid, a keyframe is nearly noise-free and shows the same kind of scene, even
     where it has moved, so LR ``t`` would have ``E/V`` of its keyframes without noise:
     ``n ~ E_t - V_t E_k / V_k``, which ignores the camera's gain and errs low (by the
-    fraction ``E_k / V_k``, small for real scenes), never high; 0 on clean LR.
+    fraction ``E_k / V_k``, small for real scenes) unless LR ``t`` shows finer structure
+    than its keyframes; about 0 on clean LR.
 
     Shapes: lr_reference (N, 1, h, w), matched (N, 2, 1, h, w) -> (N, 1, 1, 1).
     """
