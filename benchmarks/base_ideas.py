@@ -77,9 +77,8 @@ def options(name: str) -> dict:
     return {"engine": EngineConfig(device="cpu")} if method_network(name) else {}
 
 
-def switched_trust(weights: str) -> tuple[torch.nn.Module, str]:
-    """The EDVR-STF weights with ``trust_agreement`` switched, and the column's suffix."""
-    network = load_weights(weights)
+def switched_trust(network: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The EDVR-STF network with ``trust_agreement`` switched, and the column's suffix."""
     trust = not network.config.trust_agreement
     switched = build_model(dataclasses.replace(network.config, trust_agreement=trust))
     switched.load_state_dict(network.state_dict())
@@ -104,8 +103,8 @@ def agreement_transfer(base: KeyframeDetailBase, lr: np.ndarray, keys: np.ndarra
     return out[0, 0].numpy()
 
 
-def run_setting(truth: np.ndarray, spacing: int, noise: float | None, weights: str
-                ) -> dict[str, float]:
+def run_setting(truth: np.ndarray, spacing: int, noise: float | None,
+                network: torch.nn.Module) -> dict[str, float]:
     exp = simulate_experiment(truth, TimeModel(spacing=spacing),
                               NoiseConfig(target_psnr=noise, seed=1))
     timeline, lr = exp.timeline, np.asarray(exp.lr, np.float32)
@@ -118,8 +117,7 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, weights: s
     def add(name: str, image: np.ndarray, t: int) -> None:
         scores.setdefault(name, []).append(psnr(np.clip(image, 0, 1), truth[t]))
 
-    network = load_weights(weights).eval()
-    switched, suffix = switched_trust(weights)
+    switched, suffix = switched_trust(network)
     runs = [(name, create_method(name, **options(name))) for name in ("transfer", "bayes")]
     runs += [("stf", create_method("stf", model=network, **options("stf")))]
     runs += [(f"{name}{suffix}", create_method(name, model=switched, **options(name)))
@@ -159,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                                                            "visp-ellipse"])
     args = parser.parse_args(argv)
     _, validation, _ = load_sequence_file(args.data_file)
+    network = load_weights(args.weights).eval()
     rows = []
     for seq in [s for s in validation if s.group == REAL and s.name in args.sequences]:
         frames = distinct_frames(seq.frames)[: args.frames]
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         for spacing in (10, 20):
             for noise in (None, 30.0):
                 label = f"{seq.name} D={spacing} {'clean' if noise is None else '30 dB'}"
-                rows.append((label, run_setting(truth, spacing, noise, args.weights)))
+                rows.append((label, run_setting(truth, spacing, noise, network)))
                 print(label, {k: round(v, 2) for k, v in rows[-1][1].items()}, flush=True)
     names = list(rows[0][1])
     print("\n| setting | " + " | ".join(names) + " |")
