@@ -14,13 +14,13 @@ over unseen frames, the first ``--frames`` distinct frames), this prints the mea
   (:class:`napari_xfusion.models.arch.KeyframeDetailBase`, no learned correction: detail
   transfer whose keyframe weights are scaled by the keyframes' agreement with LR ``t``) at
   several widths, against plain detail transfer and Bayesian fusion;
-* **keyframe alignment**: each keyframe shifted by the global translation that best maps it
-  onto LR ``t`` (:func:`napari_xfusion.alignment.align_keyframes`, what ``stf-aligned``
-  does: phase correlation of LR ``t`` with the binned keyframe, to 1/20 LR pixel;
-  cubic-spline shift of the HR frame) before the bundled network
+* **keyframe alignment**: each keyframe warped onto LR ``t`` along their optical flow
+  (:func:`napari_xfusion.alignment.align_keyframes`, what ``stf-aligned`` does: TV-L1 flow
+  from LR ``t`` to the binned keyframe, upsampled, cubic-spline warp of the HR frame; until
+  2026-11-30 one global translation) before the bundled network
   (``stf+align``) or the agreement base at width 0.06 (``agree0.06+align``) sees it; a camera
-  that moves between the keyframes and ``t`` moves the whole frame. ``stf+against`` shifts
-  the other way: if the gain came from the shift's interpolation and not from alignment, it
+  that moves between the keyframes and ``t`` moves the whole frame. ``stf+against`` warps
+  the other way: if the gain came from the warp's interpolation and not from alignment, it
   would gain too;
 * **trusting the agreement**: the network with ``ModelConfig(trust_agreement)`` switched
   (on: its learned corrections scaled by ``1 - a``, ``a`` the better keyframe's
@@ -42,9 +42,8 @@ import dataclasses
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from napari_xfusion.alignment import align_keyframes, keyframe_shift
+from napari_xfusion.alignment import align_keyframes, keyframe_flow, warp_keyframe
 from napari_xfusion.config import EngineConfig, NoiseConfig, TimeModel
 from napari_xfusion.engine import Engine
 from napari_xfusion.methods import create_method, method_network
@@ -67,8 +66,7 @@ def project(fused: np.ndarray, lr: np.ndarray, weight: float = 1.0) -> np.ndarra
 def shifted_against(lr_t: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """HR keyframes ``(2, H, W)`` moved as far as alignment would move them, the other way."""
     return np.stack([
-        ndimage.shift(key, -4 * keyframe_shift(lr_t, key, scale=4), order=3, mode="nearest")
-        for key in keys
+        warp_keyframe(key, -keyframe_flow(lr_t, key, scale=4), scale=4) for key in keys
     ])
 
 

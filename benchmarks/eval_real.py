@@ -10,8 +10,9 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 * ``edvr``: EDVR from the LR frames alone (bundled weights, when there are any);
 * ``stf``: EDVR-STF with the bundled weights, and ``stf-aligned``: the same with each
   keyframe first moved onto the frame being fused (:mod:`napari_xfusion.alignment`);
-* ``stf-cal``: EDVR-STF calibrated on the sequence's own keyframes for ``--calibrate-minutes``
-  CPU minutes (:func:`napari_xfusion.training.calibrate.calibrate`), with its verdict;
+* ``stf-aligned-cal`` (or ``stf-cal``, ``--calibrate-for stf``): the network calibrated for
+  that method on the sequence's own keyframes for ``--calibrate-minutes`` CPU minutes
+  (:func:`napari_xfusion.training.calibrate.calibrate`), with its verdict;
 * ``auto``: the method :func:`napari_xfusion.assess.assess` picks from the keyframes alone
   (the truth is never shown to it), and the unseen-frame PSNR of that pick.
 
@@ -72,9 +73,10 @@ def unseen(method, exp) -> np.ndarray:
 
 
 def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: float,
-                extra: tuple[Path, ...] = ()):
+                extra: tuple[Path, ...] = (), calibrate_for: str = "stf-aligned"):
     """Per-frame unseen PSNR of every method (and of EDVR-STF with each ``extra`` weights
-    file, as ``stf:<file stem>``) on one setting, and what auto and calibration decided."""
+    file, as ``stf:<file stem>``) on one setting, and what auto and calibration (for the
+    method ``calibrate_for``) decided."""
     exp = simulate_experiment(truth, TimeModel(spacing=spacing), NoiseConfig(target_psnr=noise,
                                                                             seed=1))
     methods, _ = candidate_methods(options)
@@ -90,15 +92,17 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: f
         try:
             result = calibrate(
                 exp.lr, exp.hr, exp.timeline,
-                CalibrationConfig(iterations=100_000, max_minutes=minutes, device="cpu"),
+                CalibrationConfig(iterations=100_000, max_minutes=minutes, device="cpu",
+                                  align_keyframes=calibrate_for == "stf-aligned"),
                 progress=None,
             )
         except ValueError as exc:  # too few keyframes for a hold-out
-            notes["stf-cal"] = f"not run: {exc}"
+            notes["calibration"] = f"not run: {exc}"
         else:
-            calibrated = create_method("stf", model=result.model, engine=EngineConfig(device="cpu"))
-            scores["stf-cal"] = unseen(calibrated, exp)
-            notes["stf-cal"] = (
+            calibrated = create_method(calibrate_for, model=result.model,
+                                       engine=EngineConfig(device="cpu"))
+            scores[f"{calibrate_for}-cal"] = unseen(calibrated, exp)
+            notes["calibration"] = (
                 f"{result.verdict}, {result.iterations} steps, held-out gain "
                 f"{result.gain:+.2f} dB"
             )
@@ -136,8 +140,8 @@ def verdicts(rows: list[dict]) -> list[str]:
             for m in networks if m in row
         ]
         out.append(f"{setting}: against the best classical method, " + ", ".join(margins)
-                   + ("" if row.get("stf-cal") is None else
-                      f"; stf-cal - stf = {row['stf-cal'] - row['stf']:+.2f} dB"))
+                   + "".join(f"; {m}-cal - {m} = {row[f'{m}-cal'] - row[m]:+.2f} dB"
+                             for m in networks if row.get(f"{m}-cal") is not None))
     return out
 
 
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate-minutes", type=float, default=5.0,
                         help="CPU minutes of calibration per setting; 0 skips it (default 5)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
+    parser.add_argument("--calibrate-for", default="stf-aligned", choices=["stf", "stf-aligned"],
+                        help="the method the network is calibrated for (default stf-aligned)")
     parser.add_argument("--weights", type=Path, nargs="+", default=(),
                         help="also score EDVR-STF with these weights files (stf:<stem>)")
     args = parser.parse_args(argv)
@@ -199,14 +205,14 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             for noise in NOISE:
                 scores, notes, _ = run_setting(truth, spacing, noise, args.calibrate_minutes,
-                                               tuple(args.weights))
+                                               tuple(args.weights), args.calibrate_for)
                 label = "clean" if noise is None else f"{noise:g} dB"
                 per_frame[f"{seq.name} D={spacing} {label}"] = scores
                 rows.append({
                     "sequence": f"{seq.name} ({n}x{truth.shape[1]}x{truth.shape[2]})",
                     "spacing": spacing, "noise": label,
                     **{m: float(np.mean(v)) for m, v in scores.items()},
-                    "auto_pick": notes["auto"], "calibration": notes.get("stf-cal", ""),
+                    "auto_pick": notes["auto"], "calibration": notes.get("calibration", ""),
                 })
                 print(f"[{time.perf_counter() - started:6.0f} s] {seq.name} D={spacing} "
                       f"{label}: " + ", ".join(f"{m} {np.mean(v):.2f}" for m, v in scores.items()),
@@ -214,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
 
     fields = list(dict.fromkeys(key for row in rows for key in row))
     extra = [f"stf:{path.stem}" for path in args.weights]
-    methods = [m for m in dict.fromkeys((*CLASSICAL, *method_names(), *extra, "stf-cal", "auto"))
+    calibrated = [f"{m}-cal" for m in method_names() if method_network(m) == "stf"]
+    methods = [m for m in dict.fromkeys((*CLASSICAL, *method_names(), *extra, *calibrated, "auto"))
                if m in fields]
     with open(args.out / "eval_real.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)

@@ -1,4 +1,5 @@
-"""Keyframes moved onto the output time: shift estimates, alignment, the stf-aligned method."""
+"""Keyframes moved onto the output time: flow estimates, warping, alignment, the stf-aligned
+method."""
 
 import dataclasses
 
@@ -6,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from skimage import data
+from skimage.registration import phase_cross_correlation
 
-from napari_xfusion.alignment import align_keyframes, keyframe_shift
+from napari_xfusion.alignment import align_keyframes, keyframe_flow, warp_keyframe
 from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
 from napari_xfusion.engine import Engine
 from napari_xfusion.methods import create_method, method_network
@@ -27,26 +30,88 @@ def panned(frame, shift_hr):
     return ndimage.shift(frame, shift_hr, order=3, mode="nearest").astype(np.float32)
 
 
-@pytest.mark.parametrize("shift_lr", [(0.75, -1.5), (-2.25, 0.4), (0.0, 0.0)])
-def test_the_shift_between_a_keyframe_and_a_panned_lr_frame_is_found(shift_lr):
-    keyframe = scene()
-    lr_now = bin_frames(panned(keyframe, 4 * np.array(shift_lr)), 4)
-    np.testing.assert_allclose(keyframe_shift(lr_now, keyframe, scale=4), shift_lr, atol=0.1)
+def photo():
+    """A real photograph (scikit-image's camera man), 256 x 256: the sharp edges and flat
+    areas a flow must cope with, which smooth random texture lacks."""
+    return (data.camera()[::2, ::2] / 255.0).astype(np.float32)
+
+
+def inner_error(a, b, margin=16):
+    return float(np.abs(a - b)[margin:-margin, margin:-margin].mean())
+
+
+@pytest.mark.parametrize("shift_hr", [(3.0, -5.0), (-2.0, 6.0), (6.0, 2.0), (0.0, 0.0)])
+def test_the_flow_of_a_pan_is_the_pan(shift_hr):
+    key = photo()
+    flow = keyframe_flow(bin_frames(panned(key, shift_hr), 4), key, scale=4)
+    inner = flow[:, 8:-8, 8:-8]
+    # LR t shows the keyframe's content moved by shift / 4 LR pixels.
+    np.testing.assert_allclose(np.median(inner, axis=(1, 2)), -np.array(shift_hr) / 4,
+                               atol=0.15)
+    assert inner.std(axis=(1, 2)).max() < 0.1
 
 
 def test_aligned_keyframes_match_the_frame_they_were_moved_to():
-    keys = np.stack([scene(seed=1), scene(seed=2)])
+    image = photo()
     shifts = [np.array([3.0, -5.0]), np.array([-2.0, 6.0])]  # HR pixels
-    now = panned(keys[0], shifts[0])
+    now = panned(image, shifts[0])
     # Both keyframes show the same scene here, each moved its own way to give LR t.
-    keys[1] = panned(now, -shifts[1])
+    keys = np.stack([image, panned(now, -shifts[1])])
     aligned = align_keyframes(bin_frames(now, 4), keys, scale=4)
-    inner = (slice(16, -16), slice(16, -16))
     for key, moved in zip(keys, aligned, strict=True):
-        before = np.abs(key - now)[inner].mean()
-        after = np.abs(moved - now)[inner].mean()
-        assert after < 0.25 * before, (before, after)
+        assert inner_error(moved, now) < 0.4 * inner_error(key, now)
     assert aligned.dtype == np.float32 and aligned.shape == keys.shape
+
+
+def test_a_constant_flow_warps_like_a_shift():
+    key = scene(seed=5)
+    flow = np.broadcast_to(np.array([0.5, -0.75], np.float32)[:, None, None], (2, 32, 40))
+    warped = warp_keyframe(key, flow, scale=4)
+    # Reading the keyframe at p + 4 * flow moves its content by -4 * flow.
+    assert inner_error(warped, panned(key, (-2.0, 3.0))) < 1e-3
+    assert warped.shape == key.shape and warped.dtype == np.float32
+
+
+def test_the_flow_follows_a_rotation_that_no_translation_can():
+    key = photo()
+    # A camera that rolls by 4 degrees: up to 9 HR pixels of motion, opposite ways.
+    now = ndimage.rotate(key, 4.0, reshape=False, order=3, mode="nearest")
+    lr_now = bin_frames(now, 4)
+    by_flow = align_keyframes(lr_now, key[None], scale=4)[0]
+    # The one translation that maps the keyframe best (phase correlation).
+    shift, _, _ = phase_cross_correlation(lr_now, bin_frames(key, 4), upsample_factor=20)
+    by_shift = panned(key, 4 * shift)
+    assert inner_error(by_flow, now) < 0.75 * min(inner_error(by_shift, now),
+                                                  inner_error(key, now))
+
+
+def test_the_flow_moves_an_object_and_leaves_the_still_background():
+    key = photo()
+    now = key.copy()
+    now[100:164, 100:164] = key[100:164, 92:156]  # what is in the box moved 8 HR px right
+    flow = keyframe_flow(bin_frames(now, 4), key, scale=4)
+    # Inside the box LR t shows what the keyframe has to the left: the flow points left
+    # (the smooth flow undershoots the 2 LR pixels; see ATTACHMENT), the rest stays.
+    assert flow[1, 27:39, 27:39].mean() < -0.15
+    assert np.abs(flow[:, 45:, :]).max() < 0.15 and np.abs(flow[:, :20, :]).max() < 0.15
+    moved = warp_keyframe(key, flow, scale=4)
+    box = (slice(104, 160), slice(104, 160))
+    assert np.abs(moved - now)[box].mean() < 0.95 * np.abs(key - now)[box].mean()
+
+
+def test_a_brighter_keyframe_of_a_still_scene_is_not_moved():
+    key = photo()
+    flow = keyframe_flow(bin_frames(key, 4), 0.6 * key + 0.2, scale=4)
+    assert np.abs(flow).max() < 0.05
+
+
+def test_a_still_scene_under_noise_mostly_keeps_its_keyframe_in_place():
+    key = photo()
+    lr_now = bin_frames(key, 4)
+    lr_now = lr_now + np.random.default_rng(0).normal(0, 0.02, lr_now.shape).astype(np.float32)
+    flow = keyframe_flow(lr_now, key, scale=4)
+    # The flow that follows the noise stays under the still threshold almost everywhere.
+    assert (np.hypot(*flow) == 0).mean() > 0.7 and np.abs(flow).max() < 0.15
 
 
 def test_the_aligned_method_is_the_network_with_keyframes_aligned_first():

@@ -191,6 +191,7 @@ def test_calibrate_reports_before_and_after(tmp_path, capsys):
     # 21 frames with keyframes every 4: five keyframes inside, one held out for checking.
     from napari_xfusion.config import TimeModel
     from napari_xfusion.demo import sample_experiment
+    from napari_xfusion.models import read_metadata as weights_metadata
 
     exp = sample_experiment(n_frames=21, shape=(64, 96), time_model=TimeModel(spacing=4),
                             noise_psnr=None)
@@ -207,6 +208,17 @@ def test_calibrate_reports_before_and_after(tmp_path, capsys):
     assert out.exists()
     code, _, err = run(capsys, "calibrate", lr, hr, "-o", tmp_path / "w.tif", "--spacing", 4)
     assert code == 2 and ".safetensors" in err
+
+    aligned = tmp_path / "aligned.safetensors"
+    code, stdout, err = run(capsys, "calibrate", lr, hr, "-o", aligned, "--spacing", 4,
+                            "--iterations", 2, "--device", "cpu", "--method", "stf-aligned")
+    assert code == 0, err
+    assert weights_metadata(aligned)["aligned_keyframes"] == "true"
+    # assess weighs weights calibrated for the aligned method with aligned keyframes.
+    code, stdout, err = run(capsys, "assess", lr, hr, "--spacing", 4, "--methods", "bicubic",
+                            "--calibrated", aligned, "--device", "cpu")
+    assert code == 0, err
+    assert "stf-aligned (aligned.safetensors)" in stdout
 
 
 @pytest.mark.slow
@@ -230,7 +242,7 @@ def test_assess_ranks_methods_and_auto_fuses_with_the_best(tmp_path, capsys, sta
                             "auto", "--device", "cpu")
     assert code == 0, err
     chosen = next(line for line in stdout.splitlines() if line.startswith("auto: fusing with"))
-    assert chosen.split()[3] in ("transfer", "bayes", "stf")
+    assert chosen.split()[3] in ("transfer", "bayes", "stf", "stf-aligned")
     assert tifffile.imread(out).shape == (16, 64, 96)
     code, _, err = run(capsys, "assess", lr, hr, "--spacing", 5, "--methods", "nearest")
     assert code == 2 and "unknown method(s) nearest" in err

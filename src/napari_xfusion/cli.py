@@ -304,9 +304,15 @@ def cmd_assess(args: argparse.Namespace) -> int:
         skipped = {name: r for name, r in skipped.items() if name in args.methods}
     for name, reason in skipped.items():
         print(f"leaving out {name}: {reason}", file=sys.stderr)
+    from .models import check_weights_file, read_metadata
+
     for path in args.calibrated or []:
-        engine = _method_options(args, "stf")["engine"]
-        methods[f"stf ({Path(path).name})"] = create_method("stf", weights=path, engine=engine)
+        # Weights calibrated on aligned keyframes are meant for the aligned method.
+        aligned = read_metadata(check_weights_file(path, "stf")).get("aligned_keyframes")
+        name = "stf-aligned" if aligned == "true" else "stf"
+        engine = _method_options(args, name)["engine"]
+        methods[f"{name} ({Path(path).name})"] = create_method(name, weights=path,
+                                                               engine=engine)
     inputs = _open_recording(args)
     assessment = assess(
         inputs.lr, inputs.hr, inputs.timeline, methods,
@@ -448,12 +454,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, overwrite=args.overwrite, suffixes=(".safetensors",))
     config = CalibrationConfig(
         iterations=args.iterations, max_minutes=args.max_minutes, device=args.device,
-        out=str(out),
+        out=str(out), align_keyframes=args.method == "stf-aligned",
     )
     inputs = _open_recording(args)
     result = calibrate(inputs.lr, inputs.hr, inputs.timeline, config, weights=args.weights)
     if result.helped:
-        print(f"use the calibrated weights: --weights {result.weights_path}")
+        print(f"use the calibrated weights: --method {args.method} --weights "
+              f"{result.weights_path}")
     else:
         print(
             f"keep using --weights {result.recommended} (the calibrated ones are in "
@@ -605,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_stack_inputs(p, "fine-tuned weights file (.safetensors)")
     p.add_argument("--weights", help="weights to start from (default: the bundled weights)")
+    p.add_argument("--method", default="stf", choices=["stf", "stf-aligned"],
+                   help="the method to calibrate the network for: stf-aligned trains on "
+                        "keyframes warped onto each target's time (default stf)")
     p.add_argument("--max-minutes", type=float, default=5.0,
                    help="minutes of fine-tuning: as many steps as fit (default 5)")
     p.add_argument("--iterations", type=int, default=100_000,

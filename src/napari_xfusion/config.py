@@ -139,9 +139,9 @@ class EngineConfig:
         (``C`` channels, ``h x w`` LR pixels per frame): 100 MB in fp32 for the default
         preset at 256 x 256 LR pixels with r = 3.
     align_keyframes : bool
-        Shift each keyframe onto the LR frame of the output time before the network sees
-        it (:func:`napari_xfusion.alignment.align_keyframes`): for a moving camera. The
-        ``stf-aligned`` method sets it.
+        Warp each keyframe onto the LR frame of the output time along their optical flow
+        before the network sees it (:func:`napari_xfusion.alignment.align_keyframes`): for
+        a scene that moves. The ``stf-aligned`` method sets it.
     """
 
     device: str = "auto"
@@ -664,6 +664,10 @@ class CalibrationConfig:
     out : str or None
         Where to write the fine-tuned weights (``.safetensors``); None to keep them in
         memory only.
+    align_keyframes : bool
+        Warp each training and validation sample's keyframes onto its target's LR frame
+        first, as the ``stf-aligned`` method fuses (:func:`napari_xfusion.alignment.
+        align_keyframes`): calibrate the network for that method.
     """
 
     iterations: int = 300
@@ -680,6 +684,7 @@ class CalibrationConfig:
     precision: str = "auto"
     max_minutes: float | None = None
     out: str | None = None
+    align_keyframes: bool = False
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "lr_crop", "max_separation", "holdout_every",

@@ -323,6 +323,9 @@ def test_calibration_runs_in_the_background_and_reports(dock, qtbot, monkeypatch
         return CalibrationConfig(iterations=3, batch_size=2, lr_crop=8, **settings)
 
     monkeypatch.setattr(_widget, "CalibrationConfig", quick)
+    # Calibrated for the method chosen: the aligned one trains on aligned keyframes.
+    widget.method.value = "stf-aligned"
+    assert widget.calibrate_button.enabled
     chosen = tmp_path / "scan42-calibrated.safetensors"
     widget.calibrated_out.value = str(chosen)
     widget.start_calibration()
@@ -332,6 +335,8 @@ def test_calibration_runs_in_the_background_and_reports(dock, qtbot, monkeypatch
     assert "held-out keyframes" in widget.message.value or "calibration" in widget.message.value
     # Saved where the user chose (whatever the verdict), not in a temporary folder.
     assert read_weights_metadata(chosen)["format"] == "napari-xfusion-weights"
+    assert read_weights_metadata(chosen)["aligned_keyframes"] == "true"
+    widget.method.value = "stf"
     # It now exists: a second calibration to it needs the replace box ticked.
     widget.calibrated_out.value = ""
     widget.calibrated_out.value = str(chosen)

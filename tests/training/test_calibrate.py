@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from napari_xfusion import devices
-from napari_xfusion.config import CalibrationConfig, ModelConfig, TimeModel
+from napari_xfusion.alignment import align_keyframes
+from napari_xfusion.config import CalibrationConfig, ModelConfig, NoiseConfig, TimeModel
 from napari_xfusion.demo import sample_experiment
 from napari_xfusion.holdout import holdout_inputs, neighbours, split_keyframes
 from napari_xfusion.models import build_model, bundled_weights_path, load_weights, save_weights
+from napari_xfusion.models.weights import read_metadata
+from napari_xfusion.simulate import simulate_experiment
 from napari_xfusion.timeline import Timeline
 from napari_xfusion.training import calibrate as calibrate_module
 from napari_xfusion.training.calibrate import calibrate, judge_gain
@@ -88,6 +91,40 @@ def test_held_out_keyframes_are_never_used_while_training(experiment, monkeypatc
     # Every other keyframe serves, as target or input, and never as its own input.
     assert used == {0, 2, 3, 4, 6}
     assert all(j not in inputs.hr for j, inputs in drawn)
+
+
+def test_aligned_calibration_samples_take_keyframes_warped_onto_the_target_time():
+    # A pan: every keyframe's content sits elsewhere at its neighbours' times.
+    truth = np.stack([np.roll(sample_experiment(n_frames=11, shape=(64, 96)).truth[0],
+                              (2 * t, -3 * t), (0, 1)) for t in range(9)])
+    exp = simulate_experiment(truth, TimeModel(spacing=4), NoiseConfig(target_psnr=None))
+    lr, hr = calibrate_module._FrameStore(exp.lr), calibrate_module._FrameStore(exp.hr)
+    aligned = calibrate_module._AlignedKeyframes(lr, hr, 4)
+    inputs = holdout_inputs(exp.timeline, 1, [0, 1, 2])
+    plain_lr, plain_hr = calibrate_module._sample(lr, hr, inputs, 1, 4, 2, 3, 8, 12)
+    lr_frames, hr_frames = calibrate_module._sample(lr, hr, inputs, 1, 4, 2, 3, 8, 12, aligned)
+    np.testing.assert_array_equal(lr_frames, plain_lr)
+    np.testing.assert_array_equal(hr_frames[2], plain_hr[2])  # the target is not moved
+    warped = align_keyframes(exp.lr[inputs.t], exp.hr[list(inputs.hr)], scale=4)
+    np.testing.assert_array_equal(hr_frames[:2], warped[:, 8:40, 12:60])
+    target = hr_frames[2]
+    assert all(np.abs(hr_frames[k] - target).mean() < 0.5 * np.abs(plain_hr[k] - target).mean()
+               for k in range(2))
+
+
+@pytest.mark.slow
+def test_aligned_calibration_validates_and_records_aligned_keyframes(experiment, tmp_path):
+    config = CalibrationConfig(iterations=2, batch_size=2, lr_crop=16, min_iterations=1,
+                               align_keyframes=True, out=str(tmp_path / "a.safetensors"))
+    result = calibrate(experiment.lr, experiment.hr, experiment.timeline, config,
+                       model=tiny_model(), progress=None)
+    plain = calibrate(experiment.lr, experiment.hr, experiment.timeline,
+                      CalibrationConfig(iterations=2, batch_size=2, lr_crop=16),
+                      model=tiny_model(), progress=None)
+    assert read_metadata(result.weights_path)["aligned_keyframes"] == "true"
+    # The sample's melt pool moves, so warped neighbours predict the held-out keyframe
+    # differently.
+    assert result.keyframe_psnr_before != plain.keyframe_psnr_before
 
 
 def test_holdout_inputs_bracket_the_keyframe_with_other_keyframes():

@@ -57,6 +57,8 @@ from .record import RECORD_KEY, FusionRecord, ResultStack
 
 #: Methods in the order the menu offers them; others registered later follow.
 METHOD_ORDER = ("stf", "stf-aligned", "edvr", "bayes", "transfer", "bicubic")
+#: Methods whose network calibration fine-tunes (each the way it fuses).
+CALIBRATED_METHODS = ("stf", "stf-aligned")
 #: Largest result held in memory without an output file (bytes).
 IN_MEMORY_LIMIT = 4 * 2**30
 #: Memory kept for recent frames while a run streams to a file (bytes).
@@ -158,8 +160,9 @@ _TOOLTIPS = {
     "few minutes on a laptop.",
     "calibrated_out": "Where to save the calibrated weights (.safetensors), whether or not "
     "they helped; empty keeps them in a temporary folder.",
-    "calibrate_button": "Fine-tune the network on this recording's keyframes, and say "
-    "whether it helped on keyframes it did not train on.",
+    "calibrate_button": "Fine-tune the network on this recording's keyframes (for the chosen "
+    "method, aligned keyframes included), and say whether it helped on keyframes it did not "
+    "train on.",
     "assess_button": "Predict each keyframe from its neighbours with every method and rank "
     "the methods for this recording.",
     "register_button": "Two separate cameras: find the scale, rotation, mirror and shift "
@@ -459,7 +462,7 @@ class FusionWidget(Container):
         else:
             self._say(ready)
         self.run_button.enabled = self.assess_button.enabled = True
-        self.calibrate_button.enabled = plan.method == "stf"
+        self.calibrate_button.enabled = plan.method in CALIBRATED_METHODS
         try:
             self._calibrated_out()
         except ValueError as err:
@@ -731,7 +734,7 @@ class FusionWidget(Container):
             out = Path(tempfile.mkdtemp(prefix="xfusion-calibrated-")) / "calibrated.safetensors"
         config = CalibrationConfig(
             device=plan.engine.device, max_minutes=float(self.calibrate_minutes.value),
-            out=str(out),
+            out=str(out), align_keyframes=plan.method == "stf-aligned",
         )
         self.progress.max, self.progress.value = 0, 0  # busy indicator
         self._say("calibrating: preparing the keyframes...")
@@ -764,7 +767,7 @@ class FusionWidget(Container):
     def _on_background_finished(self) -> None:
         self.worker = None
         self._set_running(False)
-        self.calibrate_button.enabled = self.method.value == "stf"
+        self.calibrate_button.enabled = self.method.value in CALIBRATED_METHODS
         self.progress.max, self.progress.value = 1, 1
 
     # --- registration ---------------------------------------------------------------

@@ -93,11 +93,12 @@ class EDVRSTFMethod(NeuralMethod):
 
 @register
 class AlignedEDVRSTFMethod(EDVRSTFMethod):
-    """EDVR-STF with each keyframe first shifted onto the output time's LR frame.
+    """EDVR-STF with each keyframe first warped onto the output time's LR frame.
 
-    For a camera that moves during the recording (:mod:`napari_xfusion.alignment`); on a
-    still camera watching an object move it can do worse than ``stf``, which ``xfusion
-    assess`` tells on each recording.
+    Along the optical flow between them (:mod:`napari_xfusion.alignment`): for a camera or
+    a sample that moves during the recording. Where nothing moves it gains nothing and can
+    cost a little detail, and the flow takes time; ``xfusion assess`` weighs it against
+    ``stf`` on each recording.
     """
 
     name = "stf-aligned"

@@ -18,6 +18,8 @@ held-out keyframes; with a single held-out keyframe or a handful of steps it *ca
 tell*, and the original weights stay recommended.
 
 No synthetic noise is added: the LR frames already carry the experiment's real noise.
+With ``CalibrationConfig(align_keyframes=True)`` the neighbours are first warped onto the
+target's LR frame, as the ``stf-aligned`` method fuses.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ..alignment import align_keyframes
 from ..config import CalibrationConfig
 from ..devices import autocast, autocast_dtype, resolve_device, retain_freed_memory
 from ..holdout import holdout_inputs, split_keyframes
@@ -201,14 +204,39 @@ class _FrameStore:
         return frame[y : y + size_y, x : x + size_x]
 
 
+class _AlignedKeyframes:
+    """Keyframes warped onto LR frames (:func:`align_keyframes`), each pair warped once."""
+
+    def __init__(self, lr: _FrameStore, hr: _FrameStore, scale: int) -> None:
+        self.lr, self.hr, self.scale = lr, hr, scale
+        self.frames: dict[tuple[int, int], np.ndarray] = {}
+
+    def crop(self, index: tuple[int, int], y: int, x: int, size_y: int, size_x: int
+             ) -> np.ndarray:
+        """A crop of keyframe ``index[1]`` warped onto LR frame ``index[0]``."""
+        frame = self.frames.get(index)
+        if frame is None:
+            t, j = index
+            lr_frame = self.lr.crop(t, 0, 0, *self.lr.stack.shape[1:])
+            keyframe = self.hr.crop(j, 0, 0, *self.hr.stack.shape[1:])
+            frame = self.frames[index] = align_keyframes(lr_frame, keyframe[None],
+                                                         scale=self.scale)[0]
+        return frame[y : y + size_y, x : x + size_x]
+
+
 def _sample(lr: _FrameStore, hr: _FrameStore, inputs: FrameInputs, j: int, scale: int,
-            y: int, x: int, size_y: int, size_x: int):
-    """LR frames, HR neighbours and target ``HR_j`` of one crop, for ``inputs``."""
+            y: int, x: int, size_y: int, size_x: int,
+            aligned: _AlignedKeyframes | None = None):
+    """LR frames, HR neighbours and target ``HR_j`` of one crop, for ``inputs``; the
+    neighbours warped onto LR ``t`` when ``aligned`` holds them."""
     s = scale
     lr_frames = np.stack([lr.crop(i, y, x, size_y, size_x) for i in inputs.lr])
-    hr_frames = np.stack([
-        hr.crop(i, s * y, s * x, s * size_y, s * size_x) for i in (*inputs.hr, j)
-    ])
+    hr_crop = (s * y, s * x, s * size_y, s * size_x)
+    neighbours = [
+        hr.crop(i, *hr_crop) if aligned is None else aligned.crop((inputs.t, i), *hr_crop)
+        for i in inputs.hr
+    ]
+    hr_frames = np.stack([*neighbours, hr.crop(j, *hr_crop)])
     return lr_frames, hr_frames
 
 
@@ -222,7 +250,7 @@ def _forward(model, lr: np.ndarray, hr: np.ndarray, position: np.ndarray, device
     return out
 
 
-def _validation_samples(lr, hr, timeline, held_out, crop):
+def _validation_samples(lr, hr, timeline, held_out, crop, aligned=None):
     """Inputs and target of each held-out keyframe, predicted from all other keyframes."""
     _, h, w = lr.stack.shape
     size_y, size_x = (h, w) if crop is None else (min(crop, h), min(crop, w))
@@ -233,7 +261,7 @@ def _validation_samples(lr, hr, timeline, held_out, crop):
     for j in held_out:
         inputs = holdout_inputs(timeline, j, list(range(timeline.n_hr)))
         lr_frames, hr_frames = _sample(
-            lr, hr, inputs, j, timeline.model.scale, y, x, size_y, size_x
+            lr, hr, inputs, j, timeline.model.scale, y, x, size_y, size_x, aligned
         )
         samples.append((lr_frames, hr_frames[:2], hr_frames[2], inputs.position))
     return samples
@@ -251,7 +279,7 @@ def _validate(model, samples, device, amp) -> list[float]:
     return scores
 
 
-def _draw_batch(rng, lr, hr, timeline, train, pool, config):
+def _draw_batch(rng, lr, hr, timeline, train, pool, config, aligned=None):
     """A batch of random crops of training samples, with the same flips for all frames.
 
     Returns the stacked LR frames, HR neighbours, targets and positions, and for
@@ -267,7 +295,7 @@ def _draw_batch(rng, lr, hr, timeline, train, pool, config):
         r = int(rng.integers(1, max_r + 1))
         inputs = holdout_inputs(timeline, j, pool, separation=r)
         y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-        lr_frames, hr_frames = _sample(lr, hr, inputs, j, s, y, x, crop, crop)
+        lr_frames, hr_frames = _sample(lr, hr, inputs, j, s, y, x, crop, crop, aligned)
         flips = rng.random(3) < 0.5
         lr_frames, hr_frames = augment(lr_frames, *flips), augment(hr_frames, *flips)
         lr_batch.append(lr_frames)
@@ -391,8 +419,9 @@ def calibrate(
 
     say(f"calibrating: reading the keyframes and predicting the {len(held_out)} held out")
     lr_store, hr_store = _FrameStore(lr), _FrameStore(hr)
+    aligned = _AlignedKeyframes(lr_store, hr_store, s) if config.align_keyframes else None
     validation = _validation_samples(lr_store, hr_store, timeline, held_out,
-                                     config.validation_crop)
+                                     config.validation_crop, aligned)
     bicubic = float(np.mean([
         psnr(bicubic_upsample(sample_lr[1], s), target) for sample_lr, _, target, _ in validation
     ]))
@@ -424,7 +453,7 @@ def calibrate(
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * config.learning_rate * (1.0 + math.cos(math.pi * done()))
             lr_b, hr_b, target, position, _ = _draw_batch(
-                rng, lr_store, hr_store, timeline, train, pool, config
+                rng, lr_store, hr_store, timeline, train, pool, config, aligned
             )
             optimizer.zero_grad(set_to_none=True)
             out = _forward(net, lr_b, hr_b, position, device, amp)
@@ -464,6 +493,7 @@ def calibrate(
             "verdict": verdict,
             "helped": str(verdict == HELPED).lower(),
             "iterations": str(len(losses)),
+            "aligned_keyframes": str(config.align_keyframes).lower(),
         }
         weights_path = save_weights(net, config.out, metadata)
     result = CalibrationResult(
