@@ -114,6 +114,16 @@ def test_a_still_scene_under_noise_mostly_keeps_its_keyframe_in_place():
     assert (np.hypot(*flow) == 0).mean() > 0.7 and np.abs(flow).max() < 0.15
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (2, 3), (4, 4)])
+def test_tiny_and_flat_frames_are_left_in_place(shape):
+    lr = np.random.default_rng(0).random(shape).astype(np.float32)
+    keys = np.random.default_rng(1).random((2, 4 * shape[0], 4 * shape[1])).astype(np.float32)
+    assert align_keyframes(lr, keys, scale=4).shape == keys.shape
+    flat = np.full((2, 32, 32), 0.5, np.float32)
+    np.testing.assert_array_equal(align_keyframes(np.full((8, 8), 0.5, np.float32), flat,
+                                                  scale=4), flat)
+
+
 def test_the_aligned_method_is_the_network_with_keyframes_aligned_first():
     assert method_network("stf-aligned") == "stf"
     assert method_network("stf") == "stf" and method_network("edvr") == "edvr"

@@ -1,8 +1,8 @@
 """Allocator settings for CPU training and fusion (devices.retain_freed_memory)."""
 
-import resource
+import subprocess
+import sys
 
-import numpy as np
 import pytest
 
 from napari_xfusion import devices
@@ -62,21 +62,30 @@ def test_nothing_changes_without_glibc(monkeypatch):
         assert not applied
 
 
-def _faults_of_reallocating(megabytes: int) -> int:
-    """Page faults of allocating, filling and freeing a buffer, after doing it once."""
-    np.ones(megabytes << 18, dtype=np.float32)
+#: Page faults of allocating, filling and freeing a 64 MB buffer (after doing it once), from
+#: glibc's defaults and inside a block. Run in a process of its own: the settings are
+#: process-wide, and a thread another test left finishing would change them mid-measurement.
+_MEASURE = """
+import resource
+import numpy as np
+from napari_xfusion.devices import retain_freed_memory
+
+def faults():
+    np.ones(64 << 18, dtype=np.float32)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    np.ones(megabytes << 18, dtype=np.float32)
+    np.ones(64 << 18, dtype=np.float32)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+outside = faults()
+with retain_freed_memory():
+    inside = faults()
+print(outside, inside)
+"""
 
 
 @pytest.mark.skipif(devices._glibc() is None, reason="the settings exist only in glibc")
-def test_freed_memory_is_reused_without_new_page_faults(monkeypatch):
-    # From glibc's defaults, whatever another test left running (a block leaving restores them).
-    monkeypatch.setattr(devices, "_retain_depth", 0)
-    with retain_freed_memory():
-        pass
-    outside = _faults_of_reallocating(64)
-    with retain_freed_memory():
-        inside = _faults_of_reallocating(64)
+def test_freed_memory_is_reused_without_new_page_faults():
+    done = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True,
+                          check=True)
+    outside, inside = map(int, done.stdout.split())
     assert inside * 4 < outside, (inside, outside)

@@ -63,6 +63,8 @@ def keyframe_flow(lr_frame: np.ndarray, keyframe: np.ndarray, *, scale: int) -> 
         ``p + (dy, dx)``; 0 where it moved less than :data:`STILL` says.
     """
     lr_frame = np.asarray(lr_frame, np.float32)
+    if min(lr_frame.shape) < 2:  # a line of pixels has no gradient to follow across it
+        return np.zeros((2, *lr_frame.shape), np.float32)
     binned = bin_frames(keyframe, scale)
     spread = binned.std()
     if spread > 0:
