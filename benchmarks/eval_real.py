@@ -44,7 +44,13 @@ import numpy as np  # noqa: E402
 
 from napari_xfusion.assess import assess, candidate_methods  # noqa: E402
 from napari_xfusion.config import CalibrationConfig, EngineConfig, NoiseConfig, TimeModel  # noqa: E402
-from napari_xfusion.methods import create_method, method_names, method_network  # noqa: E402
+from napari_xfusion.methods import (  # noqa: E402
+    calibrated_methods,
+    create_method,
+    method_aligns_keyframes,
+    method_names,
+    method_network,
+)
 from napari_xfusion.metrics import evaluate  # noqa: E402
 from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 from napari_xfusion.training.calibrate import calibrate  # noqa: E402
@@ -93,7 +99,7 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: f
             result = calibrate(
                 exp.lr, exp.hr, exp.timeline,
                 CalibrationConfig(iterations=100_000, max_minutes=minutes, device="cpu",
-                                  align_keyframes=calibrate_for == "stf-aligned"),
+                                  align_keyframes=method_aligns_keyframes(calibrate_for)),
                 progress=None,
             )
         except ValueError as exc:  # too few keyframes for a hold-out
@@ -178,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate-minutes", type=float, default=5.0,
                         help="CPU minutes of calibration per setting; 0 skips it (default 5)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
-    parser.add_argument("--calibrate-for", default="stf-aligned", choices=["stf", "stf-aligned"],
+    parser.add_argument("--calibrate-for", default="stf-aligned", choices=calibrated_methods(),
                         help="the method the network is calibrated for (default stf-aligned)")
     parser.add_argument("--weights", type=Path, nargs="+", default=(),
                         help="also score EDVR-STF with these weights files (stf:<stem>)")
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fields = list(dict.fromkeys(key for row in rows for key in row))
     extra = [f"stf:{path.stem}" for path in args.weights]
-    calibrated = [f"{m}-cal" for m in method_names() if method_network(m) == "stf"]
+    calibrated = [f"{m}-cal" for m in calibrated_methods()]
     methods = [m for m in dict.fromkeys((*CLASSICAL, *method_names(), *extra, *calibrated, "auto"))
                if m in fields]
     with open(args.out / "eval_real.csv", "w", newline="") as fh:

@@ -13,7 +13,12 @@ from skimage.registration import phase_cross_correlation
 from napari_xfusion.alignment import align_keyframes, keyframe_flow, warp_keyframe
 from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
 from napari_xfusion.engine import Engine
-from napari_xfusion.methods import create_method, method_network
+from napari_xfusion.methods import (
+    calibrated_methods,
+    create_method,
+    method_aligns_keyframes,
+    method_network,
+)
 from napari_xfusion.models import build_model
 from napari_xfusion.simulate import bin_frames, simulate_experiment
 
@@ -128,6 +133,10 @@ def test_the_aligned_method_is_the_network_with_keyframes_aligned_first():
     assert method_network("stf-aligned") == "stf"
     assert method_network("stf") == "stf" and method_network("edvr") == "edvr"
     assert method_network("transfer") is None
+    # Which methods align, and which a calibration serves, come from the registry.
+    assert method_aligns_keyframes("stf-aligned") and not method_aligns_keyframes("stf")
+    assert not method_aligns_keyframes("bayes")
+    assert calibrated_methods() == ["stf", "stf-aligned"]
     torch.manual_seed(0)
     model = build_model(ModelConfig.preset("tiny"))
     engine = EngineConfig(device="cpu", precision="fp32", tile=0)

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import EngineConfig, NoiseConfig, TimeModel, TrainConfig
-from .methods import create_method, method_names, method_network
+from .methods import (
+    calibrated_methods,
+    create_method,
+    method_aligns_keyframes,
+    method_names,
+    method_network,
+)
 
 #: Keyframe spacing when neither a flag nor a registration gives one.
 DEFAULT_SPACING = 10
@@ -307,9 +313,10 @@ def cmd_assess(args: argparse.Namespace) -> int:
     from .models import check_weights_file, read_metadata
 
     for path in args.calibrated or []:
-        # Weights calibrated on aligned keyframes are meant for the aligned method.
+        # Weights calibrated on aligned keyframes are meant for a method that aligns them.
         aligned = read_metadata(check_weights_file(path, "stf")).get("aligned_keyframes")
-        name = "stf-aligned" if aligned == "true" else "stf"
+        name = next(m for m in calibrated_methods()
+                    if method_aligns_keyframes(m) == (aligned == "true"))
         engine = _method_options(args, name)["engine"]
         methods[f"{name} ({Path(path).name})"] = create_method(name, weights=path,
                                                                engine=engine)
@@ -454,7 +461,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, overwrite=args.overwrite, suffixes=(".safetensors",))
     config = CalibrationConfig(
         iterations=args.iterations, max_minutes=args.max_minutes, device=args.device,
-        out=str(out), align_keyframes=args.method == "stf-aligned",
+        out=str(out), align_keyframes=method_aligns_keyframes(args.method),
     )
     inputs = _open_recording(args)
     result = calibrate(inputs.lr, inputs.hr, inputs.timeline, config, weights=args.weights)
@@ -612,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_stack_inputs(p, "fine-tuned weights file (.safetensors)")
     p.add_argument("--weights", help="weights to start from (default: the bundled weights)")
-    p.add_argument("--method", default="stf", choices=["stf", "stf-aligned"],
+    p.add_argument("--method", default="stf", choices=calibrated_methods(),
                    help="the method to calibrate the network for: stf-aligned trains on "
                         "keyframes warped onto each target's time (default stf)")
     p.add_argument("--max-minutes", type=float, default=5.0,

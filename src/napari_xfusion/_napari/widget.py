@@ -40,7 +40,7 @@ from ..checks import check_scale, full_rate_selection
 from ..config import CalibrationConfig, EngineConfig, TimeModel
 from ..devices import available_devices
 from ..io import check_output_path, read_stack
-from ..methods import method_labels, method_network
+from ..methods import calibrated_methods, method_aligns_keyframes, method_labels, method_network
 from ..models.weights import check_weights_file
 from ..registration import Registration
 from ..timeline import Timeline
@@ -57,8 +57,6 @@ from .record import RECORD_KEY, FusionRecord, ResultStack
 
 #: Methods in the order the menu offers them; others registered later follow.
 METHOD_ORDER = ("stf", "stf-aligned", "edvr", "bayes", "transfer", "bicubic")
-#: Methods whose network calibration fine-tunes (each the way it fuses).
-CALIBRATED_METHODS = ("stf", "stf-aligned")
 #: Largest result held in memory without an output file (bytes).
 IN_MEMORY_LIMIT = 4 * 2**30
 #: Memory kept for recent frames while a run streams to a file (bytes).
@@ -462,7 +460,7 @@ class FusionWidget(Container):
         else:
             self._say(ready)
         self.run_button.enabled = self.assess_button.enabled = True
-        self.calibrate_button.enabled = plan.method in CALIBRATED_METHODS
+        self.calibrate_button.enabled = plan.method in calibrated_methods()
         try:
             self._calibrated_out()
         except ValueError as err:
@@ -734,7 +732,7 @@ class FusionWidget(Container):
             out = Path(tempfile.mkdtemp(prefix="xfusion-calibrated-")) / "calibrated.safetensors"
         config = CalibrationConfig(
             device=plan.engine.device, max_minutes=float(self.calibrate_minutes.value),
-            out=str(out), align_keyframes=plan.method == "stf-aligned",
+            out=str(out), align_keyframes=method_aligns_keyframes(plan.method),
         )
         self.progress.max, self.progress.value = 0, 0  # busy indicator
         self._say("calibrating: preparing the keyframes...")
@@ -767,7 +765,7 @@ class FusionWidget(Container):
     def _on_background_finished(self) -> None:
         self.worker = None
         self._set_running(False)
-        self.calibrate_button.enabled = self.method.value in CALIBRATED_METHODS
+        self.calibrate_button.enabled = self.method.value in calibrated_methods()
         self.progress.max, self.progress.value = 1, 1
 
     # --- registration ---------------------------------------------------------------

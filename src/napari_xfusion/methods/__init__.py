@@ -13,7 +13,9 @@ from . import classical, neural  # noqa: F401  (registers the methods)
 from .base import (
     FusionMethod,
     PerFrameMethod,
+    calibrated_methods,
     create_method,
+    method_aligns_keyframes,
     method_labels,
     method_names,
     method_network,
@@ -23,7 +25,9 @@ from .base import (
 __all__ = [
     "FusionMethod",
     "PerFrameMethod",
+    "calibrated_methods",
     "create_method",
+    "method_aligns_keyframes",
     "method_labels",
     "method_names",
     "method_network",

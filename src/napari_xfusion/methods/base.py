@@ -30,12 +30,14 @@ class FusionMethod(ABC):
     :meth:`prepare` checks the stacks and fits what a method learns from a whole recording
     before either runs. Methods that run a network set ``arch``, the architecture of the
     weights they load (``"stf"`` or ``"edvr"``), and take ``weights`` and ``engine``
-    options.
+    options; ``align_keyframes`` says whether the keyframes are warped onto each output
+    time first (:mod:`napari_xfusion.alignment`).
     """
 
     name: ClassVar[str]
     label: ClassVar[str]
     arch: ClassVar[str | None] = None
+    align_keyframes: ClassVar[bool] = False
 
     def settings(self) -> dict:
         """What decides this method's output besides its inputs, JSON-serializable.
@@ -140,6 +142,17 @@ def method_network(name: str) -> str | None:
     """The network architecture that method ``name`` runs (``"stf"``, ``"edvr"``), or None
     for a classical method."""
     return _method_class(name).arch
+
+
+def method_aligns_keyframes(name: str) -> bool:
+    """Whether method ``name`` warps the keyframes onto each output time before fusing;
+    a network calibrated for it must train on keyframes warped the same way."""
+    return _method_class(name).align_keyframes
+
+
+def calibrated_methods() -> list[str]:
+    """The methods whose network calibration can fine-tune: those running EDVR-STF."""
+    return [name for name in _REGISTRY if method_network(name) == "stf"]
 
 
 def create_method(name: str, **options) -> FusionMethod:

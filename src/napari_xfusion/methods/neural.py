@@ -35,8 +35,6 @@ class NeuralMethod(FusionMethod):
     """
 
     arch: ClassVar[str]
-    #: Whether the engine moves the keyframes onto each output time (``EngineConfig``).
-    align_keyframes: ClassVar[bool] = False
 
     def __init__(
         self,

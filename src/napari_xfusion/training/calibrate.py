@@ -197,11 +197,14 @@ class _FrameStore:
         self.stack = stack
         self.frames: dict[int, np.ndarray] = {}
 
-    def crop(self, index: int, y: int, x: int, size_y: int, size_x: int) -> np.ndarray:
+    def frame(self, index: int) -> np.ndarray:
         frame = self.frames.get(index)
         if frame is None:
             frame = self.frames[index] = np.asarray(self.stack[index], dtype=np.float32)
-        return frame[y : y + size_y, x : x + size_x]
+        return frame
+
+    def crop(self, index: int, y: int, x: int, size_y: int, size_x: int) -> np.ndarray:
+        return self.frame(index)[y : y + size_y, x : x + size_x]
 
 
 class _AlignedKeyframes:
@@ -217,10 +220,9 @@ class _AlignedKeyframes:
         frame = self.frames.get(index)
         if frame is None:
             t, j = index
-            lr_frame = self.lr.crop(t, 0, 0, *self.lr.stack.shape[1:])
-            keyframe = self.hr.crop(j, 0, 0, *self.hr.stack.shape[1:])
-            frame = self.frames[index] = align_keyframes(lr_frame, keyframe[None],
-                                                         scale=self.scale)[0]
+            frame = self.frames[index] = align_keyframes(
+                self.lr.frame(t), self.hr.frame(j)[None], scale=self.scale
+            )[0]
         return frame[y : y + size_y, x : x + size_x]
 
 
