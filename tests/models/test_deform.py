@@ -160,6 +160,35 @@ def test_batch_chunking_gives_the_same_result(monkeypatch):
     torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
 
 
+def test_channels_last_mask_and_input_give_the_same_result():
+    input, offset, weight, bias, mask = _random_case(seed=7)
+    plain = deform_conv2d(input, offset, weight, bias, 1, 1, 1, mask, backend="torch")
+    # What a network hands over: offsets and mask cut from one channels-last conv output.
+    packed = torch.cat([offset, mask], 1).contiguous(memory_format=torch.channels_last)
+    n = offset.shape[1]
+    cl = deform_conv2d(input.contiguous(memory_format=torch.channels_last), packed[:, :n],
+                       weight, bias, 1, 1, 1, packed[:, n:], backend="torch")
+    torch.testing.assert_close(cl, plain, atol=0, rtol=0)
+
+
+def test_bf16_input_samples_positions_in_float32():
+    """A bf16 feature map (what convolutions give under bf16 autocast) comes back in bf16
+    and close to the exact result on the bf16 input, on a row wide enough that bf16
+    positions would be whole pixels off (bf16 has 8 significant bits: 257.5 -> 258)."""
+    gen = torch.Generator().manual_seed(8)
+    input = torch.randn(1, 2, 3, 300, generator=gen).bfloat16()
+    weight = torch.randn(2, 2, 3, 3, generator=gen)
+    offset = torch.full((1, 2 * 9, 3, 300), 0.5)
+    mask = torch.rand(1, 9, 3, 300, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = deform_conv2d(input, offset, weight, None, 1, 1, 1, mask.bfloat16(),
+                            backend="torch")
+    assert out.dtype == torch.bfloat16
+    ref = _reference(input.float(), offset, weight, None, 1, 1, 1, mask.bfloat16().float())
+    scale = ref.abs().max()
+    torch.testing.assert_close(out.double() / scale, ref / scale, atol=2e-2, rtol=0)
+
+
 def test_bad_arguments_raise_value_error():
     input, offset, weight, bias, mask = _random_case()
     with pytest.raises(ValueError, match="offset has"):

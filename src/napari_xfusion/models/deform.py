@@ -265,9 +265,16 @@ def _deform_conv2d_chunk(
         padding_mode="zeros",
         align_corners=False,
     )  # (B * G, C / G, taps * H_out, W_out)
+    # Back to the input's dtype before the modulation: under bf16 autocast the matrix
+    # product below would round the columns to it anyway, and the modulation, over the
+    # largest tensor of the network, then moves half the bytes.
+    sampled = sampled.to(input.dtype)
     sampled = sampled.reshape(b, offset_groups, c // offset_groups, taps, h_out, w_out)
     if mask is not None:
-        mask = mask.to(dtype).reshape(b, offset_groups, 1, taps, h_out, w_out)
+        # Contiguous, so that the broadcast product reads the mask in runs: a mask cut
+        # from a channels-last convolution output is read with a stride of its channels.
+        mask = mask.to(input.dtype, memory_format=torch.contiguous_format)
+        mask = mask.reshape(b, offset_groups, 1, taps, h_out, w_out)
         # In place when no gradient is recorded: this is the largest tensor of the network.
         sampled = sampled * mask if torch.is_grad_enabled() else sampled.mul_(mask)
 
