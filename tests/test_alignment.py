@@ -10,7 +10,13 @@ from scipy import ndimage
 from skimage import data
 from skimage.registration import phase_cross_correlation
 
-from napari_xfusion.alignment import align_keyframes, keyframe_flow, warp_keyframe
+from napari_xfusion.alignment import (
+    MISFIT_RATIO,
+    align_keyframes,
+    keyframe_flow,
+    keyframe_misfit,
+    warp_keyframe,
+)
 from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
 from napari_xfusion.engine import Engine
 from napari_xfusion.methods import (
@@ -66,6 +72,31 @@ def test_aligned_keyframes_match_the_frame_they_were_moved_to():
     for key, moved in zip(keys, aligned, strict=True):
         assert inner_error(moved, now) < 0.4 * inner_error(key, now)
     assert aligned.dtype == np.float32 and aligned.shape == keys.shape
+    assert not np.array_equal(aligned[0], aligned[1])  # each keeps its own detail
+
+
+def test_the_misfit_ignores_brightness_and_sees_another_scene():
+    key = photo()
+    lr_now = bin_frames(key, 4)
+    assert keyframe_misfit(lr_now, 0.6 * key + 0.2, scale=4) < 1e-6
+    other = scene(256, 256, seed=3)
+    assert keyframe_misfit(lr_now, other, scale=4) > 1e-2
+
+
+def test_a_keyframe_the_flow_cannot_bring_close_gives_way_to_the_one_that_matches():
+    key = photo()
+    lr_now = bin_frames(key, 4)
+    # The second keyframe was taken after the camera turned to another scene.
+    keys = np.stack([key, scene(256, 256, seed=3)])
+    aligned = align_keyframes(lr_now, keys, scale=4)
+    np.testing.assert_array_equal(aligned[1], aligned[0])
+    assert inner_error(aligned[0], key) < 1e-3
+    # Under LR noise the same pair keeps both: no misfit is many times the noise.
+    noisy = lr_now + np.random.default_rng(0).normal(0, 0.2, lr_now.shape).astype(np.float32)
+    misfits = [keyframe_misfit(noisy, k, scale=4) for k in keys]
+    assert max(misfits) < MISFIT_RATIO * min(misfits)
+    kept = align_keyframes(noisy, keys, scale=4)
+    assert not np.array_equal(kept[1], kept[0])
 
 
 def test_a_constant_flow_warps_like_a_shift():

@@ -208,22 +208,23 @@ class _FrameStore:
 
 
 class _AlignedKeyframes:
-    """Keyframes warped onto LR frames (:func:`align_keyframes`), each pair warped once."""
+    """The neighbour keyframes of each output time warped onto its LR frame
+    (:func:`align_keyframes`, which weighs them against each other), each set once."""
 
     def __init__(self, lr: _FrameStore, hr: _FrameStore, scale: int) -> None:
         self.lr, self.hr, self.scale = lr, hr, scale
-        self.frames: dict[tuple[int, int], np.ndarray] = {}
+        self.frames: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
 
-    def crop(self, index: tuple[int, int], y: int, x: int, size_y: int, size_x: int
-             ) -> np.ndarray:
-        """A crop of keyframe ``index[1]`` warped onto LR frame ``index[0]``."""
-        frame = self.frames.get(index)
-        if frame is None:
-            t, j = index
-            frame = self.frames[index] = align_keyframes(
-                self.lr.frame(t), self.hr.frame(j)[None], scale=self.scale
-            )[0]
-        return frame[y : y + size_y, x : x + size_x]
+    def crop(self, t: int, keyframes: tuple[int, ...], y: int, x: int, size_y: int,
+             size_x: int) -> np.ndarray:
+        """A crop of ``keyframes`` warped onto LR frame ``t``, shape (K, size_y, size_x)."""
+        frames = self.frames.get((t, keyframes))
+        if frames is None:
+            frames = self.frames[(t, keyframes)] = align_keyframes(
+                self.lr.frame(t), np.stack([self.hr.frame(j) for j in keyframes]),
+                scale=self.scale,
+            )
+        return frames[:, y : y + size_y, x : x + size_x]
 
 
 def _sample(lr: _FrameStore, hr: _FrameStore, inputs: FrameInputs, j: int, scale: int,
@@ -234,10 +235,10 @@ def _sample(lr: _FrameStore, hr: _FrameStore, inputs: FrameInputs, j: int, scale
     s = scale
     lr_frames = np.stack([lr.crop(i, y, x, size_y, size_x) for i in inputs.lr])
     hr_crop = (s * y, s * x, s * size_y, s * size_x)
-    neighbours = [
-        hr.crop(i, *hr_crop) if aligned is None else aligned.crop((inputs.t, i), *hr_crop)
-        for i in inputs.hr
-    ]
+    if aligned is None:
+        neighbours = [hr.crop(i, *hr_crop) for i in inputs.hr]
+    else:
+        neighbours = list(aligned.crop(inputs.t, tuple(inputs.hr), *hr_crop))
     hr_frames = np.stack([*neighbours, hr.crop(j, *hr_crop)])
     return lr_frames, hr_frames
 
