@@ -263,8 +263,10 @@ def test_train_defaults_are_the_library_defaults():
     args = build_parser().parse_args(["train"])
     defaults = TrainConfig()
     assert (args.iterations, args.out_dir, args.batch_size, args.preset, args.arch,
-            args.seed) == (defaults.iterations, defaults.out_dir, defaults.batch_size,
-                           defaults.preset, defaults.arch, defaults.seed)
+            args.seed, args.noise_free_fraction, args.aligned_fraction) == (
+        defaults.iterations, defaults.out_dir, defaults.batch_size, defaults.preset,
+        defaults.arch, defaults.seed, defaults.noise_free_fraction, defaults.aligned_fraction)
+    assert build_parser().parse_args(["train", "--aligned-fraction", "0.5"]).aligned_fraction == 0.5
 
 
 @pytest.mark.slow

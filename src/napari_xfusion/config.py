@@ -446,6 +446,10 @@ class TrainConfig:
         frames after the last (or before the first) keyframe of a sequence.
     noise_free_fraction : float
         Share of samples without Poisson noise on the LR frames.
+    aligned_fraction : float
+        Share of samples whose keyframes are warped onto their (noisy) LR ``t`` before the
+        network sees them (:func:`napari_xfusion.alignment.align_keyframes`), as the
+        ``stf-aligned`` method fuses; 0 trains on keyframes as they come only.
     log_b0_range : tuple of float
         ``log10`` range of the blank-scan factor ``b0`` of the LR Poisson noise.
     motion_crop_fraction : float
@@ -501,6 +505,7 @@ class TrainConfig:
     keyframe_fraction: float = 0.1
     outside_fraction: float = 0.05
     noise_free_fraction: float = 0.1
+    aligned_fraction: float = 0.0
     log_b0_range: tuple[float, float] = (1.0, 7.0)
     motion_crop_fraction: float = 0.5
     validation_samples: int = 6
@@ -572,7 +577,7 @@ class TrainConfig:
             self.charbonnier_eps > 0, f"charbonnier_eps must be > 0, got {self.charbonnier_eps}."
         )
         for name in ("real_fraction", "keyframe_fraction", "outside_fraction",
-                     "noise_free_fraction", "motion_crop_fraction"):
+                     "noise_free_fraction", "aligned_fraction", "motion_crop_fraction"):
             value = getattr(self, name)
             _require(0 <= value <= 1, f"{name} must lie in [0, 1], got {value!r}.")
         _require(

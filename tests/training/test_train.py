@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from scipy import ndimage
 
 from napari_xfusion import devices
+from napari_xfusion.alignment import align_keyframes
 from napari_xfusion.config import TrainConfig
 from napari_xfusion.models import build_model, load_weights, read_metadata
 from napari_xfusion.synthetic import synthetic_lpbf
@@ -143,6 +145,35 @@ def test_noise_follows_b0():
     low = noisy & (b0 < 1e3)
     expected = clean.mean(dim=(1, 2)).numpy()[low] / b0[low]
     np.testing.assert_allclose(error[low], expected, rtol=0.5)
+
+
+def test_aligned_samples_take_keyframes_warped_onto_their_lr_frame():
+    # A camera panning 1 and 2 HR pixels per frame over a smooth texture.
+    texture = ndimage.gaussian_filter(np.random.default_rng(0).random((160, 160)), 3)
+    texture = (texture - texture.min()) / np.ptp(texture) * 255
+    frames = np.stack([np.roll(texture, (i, 2 * i), (0, 1)) for i in range(30)])
+    seq = make_sequence("pan", frames.astype(np.uint8), "real")
+    recipe = dict(lr_crop=16, max_separation=1, max_keyframe_factor=2, keyframe_fraction=0,
+                  outside_fraction=0, noise_free_fraction=0.5)
+    plain = PairSampler([seq], TrainConfig(**recipe)).sample_batch(np.random.default_rng(4), 16)
+    batch = PairSampler([seq], TrainConfig(**recipe, aligned_fraction=0.5)).sample_batch(
+        np.random.default_rng(4), 16
+    )
+    aligned = batch.record.aligned
+    assert aligned.any() and not aligned.all() and not plain.record.aligned.any()
+    # The same draws otherwise: alignment is drawn last.
+    torch.testing.assert_close(batch.lr, plain.lr, atol=0, rtol=0)
+    torch.testing.assert_close(batch.target, plain.target, atol=0, rtol=0)
+    torch.testing.assert_close(batch.hr[~aligned], plain.hr[~aligned], atol=0, rtol=0)
+    for i in np.flatnonzero(aligned):
+        warped = align_keyframes(plain.lr[i, 1, 0].numpy(), plain.hr[i, :, 0].numpy(), scale=4)
+        np.testing.assert_array_equal(batch.hr[i, :, 0].numpy(), warped)
+    inner = (slice(None), slice(None), slice(None), slice(8, -8), slice(8, -8))
+    before = (plain.hr - plain.target[:, None])[inner].abs()[aligned].mean()
+    after = (batch.hr - batch.target[:, None])[inner].abs()[aligned].mean()
+    assert after < 0.6 * before
+    with pytest.raises(ValueError, match="aligned_fraction must lie in"):
+        TrainConfig(aligned_fraction=1.5)
 
 
 def test_motion_crops_find_the_moving_part():

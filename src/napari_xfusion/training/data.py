@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..alignment import align_keyframes
 from ..config import NormalizationConfig, TimeModel, TrainConfig
 from ..normalize import fit_normalization
 from ..synthetic import LPBFScene
@@ -481,6 +482,8 @@ class BatchRecord:
         Blank-scan factor of the LR noise; ``inf`` for noise-free samples.
     noise_seed : int
         Seed of the torch generator that draws the batch's Poisson noise.
+    aligned : ndarray of bool
+        Samples whose keyframes are warped onto their LR ``t`` (``aligned_fraction``).
     """
 
     sequence: np.ndarray
@@ -496,6 +499,7 @@ class BatchRecord:
     transpose: np.ndarray
     b0: np.ndarray
     noise_seed: int
+    aligned: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -735,25 +739,39 @@ class PairSampler:
             for key, value in (("sequence", index), ("t", t), ("separation", r), ("k0", k0),
                                ("k1", k1), ("kind", kind), ("y", y), ("x", x)):
                 fields[key][i] = value
+        noise_seed = int(rng.integers(0, 2**62))
+        # Drawn last, and only when asked for, so that runs without it draw as before.
+        aligned = np.zeros(batch_size, dtype=bool)
+        if cfg.aligned_fraction > 0:
+            aligned = rng.random(batch_size) < cfg.aligned_fraction
         record = BatchRecord(
             **fields,
             flip_y=flips[:, 0],
             flip_x=flips[:, 1],
             transpose=flips[:, 2],
             b0=b0,
-            noise_seed=int(rng.integers(0, 2**62)),
+            noise_seed=noise_seed,
+            aligned=aligned,
         )
         return out, record
 
     def to_tensors(
         self, frames: np.ndarray, record: BatchRecord, device: torch.device | str = "cpu"
     ) -> TrainingBatch:
-        """Bin and add noise on ``device``: the second half of :meth:`sample_batch`."""
+        """Bin and add noise on ``device``, then warp the keyframes of the samples
+        ``record.aligned`` marks onto their noisy LR ``t``: the second half of
+        :meth:`sample_batch`."""
         position = [
             sample_position(t, k0, k1)
             for t, k0, k1 in zip(record.t, record.k0, record.k1, strict=True)
         ]
-        return make_batch(frames, np.array(position), record.b0, record.noise_seed, device, record)
+        batch = make_batch(frames, np.array(position), record.b0, record.noise_seed, device,
+                           record)
+        for i in np.flatnonzero(record.aligned):
+            keyframes = align_keyframes(batch.lr[i, 1, 0].cpu().numpy(),
+                                        batch.hr[i, :, 0].cpu().numpy(), scale=SCALE)
+            batch.hr[i, :, 0] = torch.from_numpy(keyframes).to(batch.hr.device)
+        return batch
 
     def sample_batch(
         self, rng: np.random.Generator, batch_size: int, device: torch.device | str = "cpu"
