@@ -80,16 +80,19 @@ def unseen(method, exp) -> np.ndarray:
 
 def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: float,
                 extra: tuple[Path, ...] = (), calibrate_for: str = "stf-aligned"):
-    """Per-frame unseen PSNR of every method (and of EDVR-STF with each ``extra`` weights
-    file, as ``stf:<file stem>``) on one setting, and what auto and calibration (for the
-    method ``calibrate_for``) decided."""
+    """Per-frame unseen PSNR of every method (and of each method that runs EDVR-STF with
+    each ``extra`` weights file, as ``stf:<file stem>``, ``stf-aligned:<file stem>``) on
+    one setting, and what auto and calibration (for the method ``calibrate_for``)
+    decided."""
     exp = simulate_experiment(truth, TimeModel(spacing=spacing), NoiseConfig(target_psnr=noise,
                                                                             seed=1))
     methods, _ = candidate_methods(options)
     scores = {name: unseen(method, exp) for name, method in methods.items()}
     for path in extra:
-        scores[f"stf:{path.stem}"] = unseen(create_method("stf", weights=path, **options("stf")),
-                                            exp)
+        for name in calibrated_methods():
+            scores[f"{name}:{path.stem}"] = unseen(
+                create_method(name, weights=path, **options(name)), exp
+            )
     notes = {}
     assessment = assess(exp.lr, exp.hr, exp.timeline, methods)
     scores["auto"] = scores[assessment.recommended]
@@ -187,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate-for", default="stf-aligned", choices=calibrated_methods(),
                         help="the method the network is calibrated for (default stf-aligned)")
     parser.add_argument("--weights", type=Path, nargs="+", default=(),
-                        help="also score EDVR-STF with these weights files (stf:<stem>)")
+                        help="also score the methods that run EDVR-STF with these weights "
+                        "files (stf:<stem>, stf-aligned:<stem>)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
 
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    extra = [f"stf:{path.stem}" for path in args.weights]
+    extra = [f"{name}:{path.stem}" for path in args.weights for name in calibrated_methods()]
     calibrated = [f"{m}-cal" for m in calibrated_methods()]
     methods = [m for m in dict.fromkeys((*CLASSICAL, *method_names(), *extra, *calibrated, "auto"))
                if m in fields]
