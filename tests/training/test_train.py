@@ -2,6 +2,7 @@
 
 import csv
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -245,6 +246,24 @@ def test_training_reduces_the_loss(real_dir, tmp_path):
     assert meta["iterations"] == "50" and meta["complete"] == "true"
     assert "psnr" in json.loads(meta["validation_psnr"])
     assert "held" in meta["training_data"]
+
+
+def test_keyframes_are_warped_in_the_loader_threads(real_dir, tmp_path, monkeypatch):
+    from napari_xfusion.training import data as data_module
+
+    on_main = []
+
+    def spy(*args, **kwargs):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return align_keyframes(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "align_keyframes", spy)
+    config = TrainConfig(**{**SMALL, "lr_crop": 16}, iterations=3, aligned_fraction=1.0,
+                         real_dir=str(real_dir), out_dir=str(tmp_path))
+    weights = train(config, progress=None)
+    # Every sample of every batch, none on the thread that trains.
+    assert len(on_main) == 3 * config.batch_size and not any(on_main)
+    assert json.loads(read_metadata(weights)["training_config"])["aligned_fraction"] == 1.0
 
 
 class Interrupt(Exception):

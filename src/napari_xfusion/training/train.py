@@ -267,7 +267,8 @@ def _step(
 
 
 class _Prefetcher:
-    """Cuts the batches of the coming iterations in threads while the current one trains.
+    """Makes the batches of the coming iterations in threads, on the CPU, while the current
+    one trains: crops, binning, noise and warped keyframes alike.
 
     Batch ``i`` depends only on ``(seed, i)``, so the order in which threads finish does
     not matter and a resumed run draws the same batches as an uninterrupted one.
@@ -285,13 +286,14 @@ class _Prefetcher:
         if self.next_submit >= self.config.iterations:
             return
         rng = batch_generator(self.config.seed, self.next_submit)
-        self.queue.append(self.pool.submit(self.sampler.draw, rng, self.config.batch_size))
+        self.queue.append(self.pool.submit(self.sampler.sample_batch, rng,
+                                           self.config.batch_size))
         self.next_submit += 1
 
     def next(self, device: torch.device) -> TrainingBatch:
-        frames, record = self.queue.pop(0).result()
+        batch = self.queue.pop(0).result()
         self._submit()
-        return self.sampler.to_tensors(frames, record, device)
+        return batch.to(device)
 
     def __enter__(self) -> "_Prefetcher":
         return self
