@@ -20,8 +20,9 @@ Every sample is cut from one full-rate HR sequence (normalized to [0, 1]) as in 
 Sequences live in memory as uint8 ``(frames, y, x)`` arrays, so a batch is numpy slicing
 of a few megabytes: :meth:`PairSampler.draw` cuts the crops and :meth:`PairSampler.to_tensors`
 bins them, adds noise with torch and warps the keyframes of a share of the samples
-(``aligned_fraction``); training does both in loader threads on the CPU, so the warping
-(tens of milliseconds a sample) never holds up a step, and moves the batch to its device.
+(``aligned_fraction``); training does both in loader threads on the CPU, so that the
+training thread never waits for the warping (tens of milliseconds a sample), and moves the
+batch to its device.
 Quantizing [0, 1] to 8 bits limits a frame's PSNR to about 59 dB, far above the 35 to 40
 dB the networks reach, and halves memory and transfers against 16 bits.
 
