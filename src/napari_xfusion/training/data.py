@@ -18,11 +18,10 @@ Every sample is cut from one full-rate HR sequence (normalized to [0, 1]) as in 
   (:func:`napari_xfusion.simulate.poisson_noise`); a share of samples stays noise-free.
 
 Sequences live in memory as uint8 ``(frames, y, x)`` arrays, so a batch is numpy slicing
-of a few megabytes: :meth:`PairSampler.draw` cuts the crops and :meth:`PairSampler.to_tensors`
-bins them, adds noise with torch and warps the keyframes of a share of the samples
-(``aligned_fraction``); training does both in loader threads on the CPU, so that the
-training thread never waits for the warping (tens of milliseconds a sample), and moves the
-batch to its device.
+of a few megabytes: :meth:`PairSampler.sample_batch` cuts the crops, bins them, adds noise
+with torch and warps the keyframes of a share of the samples (``aligned_fraction``);
+training calls it in loader threads on the CPU, so that the training thread never waits
+for the warping (tens of milliseconds a sample), and moves the batch to its device.
 Quantizing [0, 1] to 8 bits limits a frame's PSNR to about 59 dB, far above the 35 to 40
 dB the networks reach, and halves memory and transfers against 16 bits.
 
@@ -715,8 +714,8 @@ class PairSampler:
                 return min(max(y, 0), height - c), min(max(x, 0), width - c)
         return int(rng.integers(0, height - c + 1)), int(rng.integers(0, width - c + 1))
 
-    def draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, BatchRecord]:
-        """Draw a batch's HR frames on the CPU.
+    def _draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, BatchRecord]:
+        """Draw a batch's HR frames on the CPU: the first half of :meth:`sample_batch`.
 
         Parameters
         ----------
@@ -765,7 +764,7 @@ class PairSampler:
         )
         return out, record
 
-    def to_tensors(
+    def _to_tensors(
         self, frames: np.ndarray, record: BatchRecord, device: torch.device | str = "cpu"
     ) -> TrainingBatch:
         """Bin and add noise on ``device``, then warp the keyframes of the samples
@@ -801,8 +800,8 @@ class PairSampler:
         -------
         TrainingBatch
         """
-        frames, record = self.draw(rng, batch_size)
-        return self.to_tensors(frames, record, device)
+        frames, record = self._draw(rng, batch_size)
+        return self._to_tensors(frames, record, device)
 
 
 # -- validation --------------------------------------------------------------------------
