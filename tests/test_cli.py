@@ -1,5 +1,7 @@
 """End-to-end runs of the ``xfusion`` command line and its refusals of bad input."""
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -73,6 +75,17 @@ def test_existing_output_is_not_overwritten(tmp_path, capsys, stack_files):
                        "--method", "bicubic")
     assert code == 0, err
     assert tifffile.imread(out).shape == (16, 64, 96)
+
+
+def test_fuse_defaults_to_the_bundled_network(tmp_path, capsys, stack_files):
+    from napari_xfusion.io import read_metadata
+
+    lr, hr, _ = stack_files
+    out = tmp_path / "fused.tif"
+    code, printed, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(read_metadata(out)["napari_xfusion"])["method"] == "stf"
+    assert "attention scores" in printed
 
 
 def _no_outputs(directory, keep):

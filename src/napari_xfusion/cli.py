@@ -490,9 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help="fuse an LR stack and HR keyframes into one HR stack")
     _add_stack_inputs(p, "output stack (.tif BigTIFF or .zarr)")
     p.add_argument(
-        "--method", "-m", default="transfer", choices=[*method_names(), "auto"],
-        help="fusion method (default: transfer); auto: the best on this recording's "
-        "keyframes (see xfusion assess)",
+        "--method", "-m", default="stf", choices=[*method_names(), "auto"],
+        help="fusion method (default: stf, the bundled network, as in the napari dock); "
+        "auto: the best on this recording's keyframes (see xfusion assess)",
     )
     p.add_argument("--frames", help="fuse only these LR times: START:STOP or a list 1,5,9")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
