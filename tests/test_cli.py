@@ -280,6 +280,17 @@ def test_train_defaults_are_the_library_defaults():
         defaults.iterations, defaults.out_dir, defaults.batch_size, defaults.preset,
         defaults.arch, defaults.seed, defaults.noise_free_fraction, defaults.aligned_fraction)
     assert build_parser().parse_args(["train", "--aligned-fraction", "0.5"]).aligned_fraction == 0.5
+    assert args.loader_processes == defaults.loader_processes
+
+
+def test_train_hands_its_loader_and_alignment_settings_to_training(monkeypatch, tmp_path):
+    from napari_xfusion.training import train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "train",
+                        lambda config, resume: seen.append(config) or tmp_path / "w")
+    assert main(["train", "--loader-processes", "3", "--aligned-fraction", "0.25"]) == 0
+    assert (seen[0].loader_processes, seen[0].aligned_fraction) == (3, 0.25)
 
 
 @pytest.mark.slow

@@ -447,7 +447,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out_dir=args.out_dir, data_file=args.data_file, real_dir=args.real_dir,
         max_minutes=args.max_minutes, init_weights=args.init_weights,
         lr_crop=args.lr_crop, noise_free_fraction=args.noise_free_fraction,
-        aligned_fraction=args.aligned_fraction,
+        aligned_fraction=args.aligned_fraction, loader_processes=args.loader_processes,
     )
     path = train(config, resume=not args.restart)
     print(f"weights: {path}")
@@ -611,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aligned-fraction", type=float, default=defaults.aligned_fraction,
                    help="share of samples whose keyframes are warped onto LR t first, as "
                    f"stf-aligned fuses (default {defaults.aligned_fraction:g})")
+    p.add_argument("--loader-processes", type=int, default=defaults.loader_processes,
+                   help="worker processes that make the batches (default 0: threads); use on "
+                   "many cores with --aligned-fraction, whose warping threads cannot share")
     p.add_argument("--data-file", help=".npz of sequences from scripts/build_training_data.py")
     p.add_argument("--real-dir", help="folder of .npy/.tif full-rate HR sequences to train on")
     p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long")

@@ -1,7 +1,9 @@
 """Training: the paper's sampling recipe, loss reduction, exact resume, held-out validation."""
 
 import csv
+import dataclasses
 import json
+import pickle
 import threading
 
 import numpy as np
@@ -264,6 +266,49 @@ def test_keyframes_are_warped_in_the_loader_threads(real_dir, tmp_path, monkeypa
     # Every sample of every batch, none on the thread that trains.
     assert len(on_main) == 3 * config.batch_size and not any(on_main)
     assert json.loads(read_metadata(weights)["training_config"])["aligned_fraction"] == 1.0
+
+
+def test_a_pickled_batch_is_the_same_batch():
+    # How a batch comes back from a loader process.
+    frames = np.random.default_rng(0).integers(0, 256, (30, 48, 48), dtype=np.uint8)
+    sampler = PairSampler([make_sequence("noise", frames, "real")], TrainConfig(lr_crop=8))
+    batch = sampler.sample_batch(np.random.default_rng(3), 4)
+    back = pickle.loads(pickle.dumps(batch))
+    # As numpy arrays: tensors would travel through shared memory.
+    assert all(isinstance(a, np.ndarray) for a in batch.__reduce__()[1][:4])
+    for name in ("lr", "hr", "target", "position"):
+        assert torch.equal(getattr(back, name), getattr(batch, name)), name
+    for field in dataclasses.fields(batch.record):
+        name = field.name
+        assert np.array_equal(getattr(back.record, name), getattr(batch.record, name)), name
+
+
+def test_loader_processes_train_exactly_as_threads(real_dir, tmp_path, monkeypatch):
+    from napari_xfusion.training import data as data_module
+
+    warped_here = []
+
+    def spy(*args, **kwargs):
+        warped_here.append(1)
+        return align_keyframes(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "align_keyframes", spy)
+    base = dict(SMALL, lr_crop=16, iterations=3, aligned_fraction=0.5, real_dir=str(real_dir))
+    threads = train(TrainConfig(**base, out_dir=str(tmp_path / "t")), progress=None)
+    assert warped_here
+    warped_here.clear()
+    processes = train(TrainConfig(**base, loader_processes=2, out_dir=str(tmp_path / "p")),
+                      progress=None)
+    assert not warped_here  # the warping happened in the loader processes
+    a, b = load_file(threads), load_file(processes)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads(read_metadata(processes)["training_config"])["loader_processes"] == 2
+
+
+def test_loader_processes_are_checked():
+    with pytest.raises(ValueError, match="loader_processes must be a whole number >= 0"):
+        TrainConfig(loader_processes=-1)
 
 
 class Interrupt(Exception):

@@ -536,6 +536,17 @@ class TrainingBatch:
             self.position.to(device), self.record,
         )
 
+    def __reduce__(self):
+        # Pickled as numpy arrays (a batch from a loader process, training.train): torch
+        # would hand tensors over in shared memory, which containers often keep small.
+        arrays = (self.lr, self.hr, self.target, self.position)
+        return _training_batch, (*(t.numpy() for t in arrays), self.record)
+
+
+def _training_batch(lr, hr, target, position, record) -> TrainingBatch:
+    """A :class:`TrainingBatch` of the arrays of a pickled one."""
+    return TrainingBatch(*(torch.from_numpy(a) for a in (lr, hr, target, position)), record)
+
 
 def augment(frames: np.ndarray, flip_y: bool, flip_x: bool, transpose: bool) -> np.ndarray:
     """The same flips and transposition of every frame ``(n, y, x)`` of a sample.

@@ -26,11 +26,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,8 @@ LOG_COLUMNS = (
 )
 #: Tag that separates the batch generators from other streams derived from the seed.
 _BATCH_STREAM = 1
-#: Batches cut ahead of the one training, per loader thread.
-_PREFETCH_PER_THREAD = 2
+#: Batches made ahead of the one training, per loader thread or process.
+_PREFETCH_PER_WORKER = 2
 
 Progress = Callable[[str], None]
 
@@ -267,27 +268,37 @@ def _step(
 
 
 class _Prefetcher:
-    """Makes the batches of the coming iterations in threads, on the CPU, while the current
-    one trains: crops, binning, noise and warped keyframes alike.
+    """Makes the batches of the coming iterations on the CPU while the current one trains:
+    crops, binning, noise and warped keyframes alike; in threads, or in worker processes
+    when ``config.loader_processes`` asks for them.
 
-    Batch ``i`` depends only on ``(seed, i)``, so the order in which threads finish does
+    Batch ``i`` depends only on ``(seed, i)``, so the order in which workers finish does
     not matter and a resumed run draws the same batches as an uninterrupted one.
     """
 
     def __init__(self, sampler: PairSampler, config: TrainConfig, start: int) -> None:
-        self.sampler, self.config = sampler, config
+        self.config = config
         self.next_submit = start
-        self.pool = ThreadPoolExecutor(max_workers=config.loader_threads)
+        if config.loader_processes:
+            workers = config.loader_processes
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=_loader_context(), initializer=_hold_sampler,
+                initargs=(sampler,),
+            )
+            self.make: Callable[..., TrainingBatch] = _sample_with_held
+        else:
+            workers = config.loader_threads
+            self.pool = ThreadPoolExecutor(max_workers=workers)
+            self.make = sampler.sample_batch
         self.queue: list[Future] = []
-        for _ in range(config.loader_threads * _PREFETCH_PER_THREAD):
+        for _ in range(workers * _PREFETCH_PER_WORKER):
             self._submit()
 
     def _submit(self) -> None:
         if self.next_submit >= self.config.iterations:
             return
         rng = batch_generator(self.config.seed, self.next_submit)
-        self.queue.append(self.pool.submit(self.sampler.sample_batch, rng,
-                                           self.config.batch_size))
+        self.queue.append(self.pool.submit(self.make, rng, self.config.batch_size))
         self.next_submit += 1
 
     def next(self, device: torch.device) -> TrainingBatch:
@@ -302,6 +313,30 @@ class _Prefetcher:
         for future in self.queue:
             future.cancel()
         self.pool.shutdown(wait=True)
+
+
+#: A loader process's own copy of the sampler (set by :func:`_hold_sampler`).
+_held_sampler: PairSampler | None = None
+
+
+def _loader_context() -> multiprocessing.context.BaseContext:
+    """How loader processes start: from a clean server process where the system has one
+    (forking this one would copy its threads' locks mid-use), else afresh."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _hold_sampler(sampler: PairSampler) -> None:
+    """Start of a loader process: keep the sampler; one thread each, the cores are shared."""
+    global _held_sampler
+    torch.set_num_threads(1)
+    _held_sampler = sampler
+
+
+def _sample_with_held(rng: np.random.Generator, batch_size: int) -> TrainingBatch:
+    """One batch, made in a loader process."""
+    assert _held_sampler is not None, "called outside a loader process"
+    return _held_sampler.sample_batch(rng, batch_size)
 
 
 # -- validation --------------------------------------------------------------------------
