@@ -38,8 +38,8 @@ from napari_xfusion.training.train import _step
 ALLOCATORS = ("default", "retained")
 
 
-def time_steps(config: TrainConfig, precision: str, allocator: str, steps: int):
-    """Seconds of each of ``steps`` timed steps (after one untimed), and the final weights."""
+def _setup(config: TrainConfig):
+    """The device, a fresh network, its optimizer and a fixed batch of training samples."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config.model_config()).to(device)
@@ -48,6 +48,12 @@ def time_steps(config: TrainConfig, precision: str, allocator: str, steps: int):
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     sampler = PairSampler(synthetic_sequences(1, 16), config)
     batch = sampler.sample_batch(np.random.default_rng(0), config.batch_size, device)
+    return device, model, optimizer, batch
+
+
+def time_steps(config: TrainConfig, precision: str, allocator: str, steps: int):
+    """Seconds of each of ``steps`` timed steps (after one untimed), and the final weights."""
+    device, model, optimizer, batch = _setup(config)
     amp = autocast_dtype(device, precision, training=True)
     held = retain_freed_memory() if allocator == "retained" else contextlib.nullcontext()
     seconds = []
@@ -66,14 +72,7 @@ def time_steps(config: TrainConfig, precision: str, allocator: str, steps: int):
 
 def breakdown(config: TrainConfig, steps: int) -> tuple[float, dict[str, float]]:
     """Seconds of the median of ``steps`` timed steps, and that step's parts."""
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model_config()).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    sampler = PairSampler(synthetic_sequences(1, 16), config)
-    batch = sampler.sample_batch(np.random.default_rng(0), config.batch_size, device)
+    device, model, optimizer, batch = _setup(config)
     amp = autocast_dtype(device, "auto", training=True)
     parts: dict[str, float] = collections.defaultdict(float)
     started: dict[str, float] = {}
