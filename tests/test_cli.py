@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
+from skimage import data
 
 from napari_xfusion.cli import main
 
@@ -86,6 +88,26 @@ def test_fuse_defaults_to_the_bundled_network(tmp_path, capsys, stack_files):
     assert code == 0, err
     assert json.loads(read_metadata(out)["napari_xfusion"])["method"] == "stf"
     assert "attention scores" in printed
+    assert "moves" not in err  # a still scene
+
+
+def test_stf_on_a_panning_recording_warns_and_fuses(tmp_path, capsys):
+    image = data.camera()[::2, ::2].astype(np.float32)
+    truth = np.stack([ndimage.shift(image, (t, -t), order=1, mode="nearest")
+                      for t in range(11)])[:, 64:192, 64:192]
+    lr, hr = tmp_path / "lr.tif", tmp_path / "hr.tif"
+    binned = truth.reshape(11, 32, 4, 32, 4).mean(axis=(2, 4))
+    tifffile.imwrite(lr, binned.astype(np.uint16), photometric="minisblack")
+    tifffile.imwrite(hr, truth[::5].astype(np.uint16), photometric="minisblack")
+    out = tmp_path / "fused.tif"
+    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device", "cpu")
+    assert code == 0, err
+    assert "warning: the scene moves between keyframes" in err and "use stf-aligned" in err
+    assert tifffile.imread(out).shape == (11, 128, 128)
+    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device", "cpu",
+                       "--method", "stf-aligned", "--overwrite")
+    assert code == 0, err
+    assert "moves" not in err
 
 
 def _no_outputs(directory, keep):

@@ -245,7 +245,7 @@ def _choose_method(args: argparse.Namespace, inputs) -> str:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .io import check_output_path
-    from .pipeline import fuse_to_file
+    from .pipeline import fuse_to_file, motion_warnings
 
     if args.workers is not None or args.chunk_frames is not None:
         if args.scheduler is None:
@@ -272,6 +272,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         if args.method == "auto":
             chosen = _choose_method(args, inputs)
             method = create_method(chosen, **_method_options(args, chosen))
+        else:  # auto weighed the methods on the recording already
+            for line in motion_warnings(inputs, method):
+                print(f"warning: {line}", file=sys.stderr)
         result = fuse_to_file(
             inputs, method, args.output, overwrite=args.overwrite, frames=_frames(args.frames),
             progress=ProgressBar(f"fusing ({method.label})"), resume=args.resume,

@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
+from skimage import data
 
 pytest.importorskip("napari")
 
@@ -13,10 +15,11 @@ from napari_xfusion import devices  # noqa: E402
 from napari_xfusion._napari import widget as _widget  # noqa: E402
 from napari_xfusion._napari.record import RECORD_KEY  # noqa: E402
 from napari_xfusion._napari.widget import FusionWidget  # noqa: E402
-from napari_xfusion.config import CalibrationConfig, ModelConfig  # noqa: E402
+from napari_xfusion.config import CalibrationConfig, ModelConfig, TimeModel  # noqa: E402
 from napari_xfusion.io import read_metadata  # noqa: E402
 from napari_xfusion.models import build_model, save_weights  # noqa: E402
 from napari_xfusion.models import read_metadata as read_weights_metadata  # noqa: E402
+from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 
 WAIT_MS = 120_000
 
@@ -116,8 +119,25 @@ def test_fuses_into_a_layer_and_a_file(dock, qtbot, tmp_path, small_experiment):
     assert all(written[t].std() > 0 for t in range(n))
     assert (tmp_path / "fused.attention.csv").exists()
     assert read_metadata(output)["napari_xfusion"]
-    assert "fused 16 frames" in widget.message.value
+    assert "fused 16 frames" in widget.message.value and "Warning" not in widget.message.value
     assert widget.progress.value == n
+
+
+def test_a_panning_recording_fuses_and_says_to_align_the_keyframes(open_dock, qtbot,
+                                                                    tiny_weights):
+    image = data.camera()[::2, ::2] / 255.0
+    truth = np.stack([ndimage.shift(image, (t, -t), order=1, mode="nearest")
+                      for t in range(11)])[:, 64:192, 64:192].astype(np.float32)
+    viewer, widget = open_dock(simulate_experiment(truth, TimeModel(spacing=5)),
+                               tiny_weights["stf"])
+    assert widget.method.value == "stf"
+    run(qtbot, widget)
+    message = widget.message.value
+    assert message.startswith("fused 11 frames")
+    assert "Warning: the scene moves between keyframes" in message and "stf-aligned" in message
+    widget.method.value = "stf-aligned"
+    run(qtbot, widget)
+    assert "fused 11 frames" in widget.message.value and "Warning" not in widget.message.value
 
 
 def test_rerunning_replaces_the_result_layer(dock, qtbot):
@@ -385,7 +405,7 @@ def test_assessment_shows_the_table_and_selects_the_best(dock, qtbot):
         assert f"\n{name} " in table
     [recommended] = [line.split()[0] for line in table.splitlines() if "<- recommended" in line]
     assert widget.method.value == recommended != "bicubic"
-    assert "predicts this recording's keyframes best" in widget.message.value
+    assert "is recommended for this recording: selected" in widget.message.value
     assert widget.run_button.enabled
 
 

@@ -183,6 +183,7 @@ class FusionWidget(Container):
         self.worker = None
         self.result_layer = None
         self._warnings: list[str] = []
+        self._run_warnings: list[str] = []
         self._plan: FusionPlan | None = None
         self._failed = False
         self._stop = threading.Event()
@@ -489,6 +490,10 @@ class FusionWidget(Container):
         self.badge.value = text
         self.badge.native.setStyleSheet(f"color: {colour}; font-weight: bold")
 
+    def _warned(self, text: str) -> str:
+        """``text`` followed by the warnings of the current run, if any."""
+        return " ".join([text, *(f"Warning: {line}" for line in self._run_warnings)])
+
     def _say(self, text: str, error: bool = False) -> None:
         # The library speaks the command line's language; here the flag is a check box.
         text = text.replace("pass --overwrite", "tick 'replace an existing output file'")
@@ -583,6 +588,7 @@ class FusionWidget(Container):
         plan = self._begin()
         if plan is None:
             return
+        self._run_warnings = []
         self._say("preparing: normalizing the stacks and loading the method...")
         self.progress.max, self.progress.value = plan.n_frames, 0
         self._started = time.perf_counter()
@@ -615,7 +621,8 @@ class FusionWidget(Container):
     def _on_yielded(self, item) -> None:
         if isinstance(item, Prepared):
             self._add_result_layer(item.timeline)
-            self._say(f"fusing on {item.device}...")
+            self._run_warnings = list(item.warnings)
+            self._say(self._warned(f"fusing on {item.device}..."), error=bool(item.warnings))
             return
         frame = item.frame
         self.result_layer.data[frame.t] = item.image
@@ -713,7 +720,11 @@ class FusionWidget(Container):
             # Frames older than the memory cache were dropped: show the file instead.
             layer.data = read_stack(plan.output, name="fused stack")
             where = f", written to {plan.output}"
-        self._say(f"fused {done} frames in {seconds:.1f} s ({done / seconds:.2f} frames/s){where}.")
+        self._say(
+            self._warned(f"fused {done} frames in {seconds:.1f} s ({done / seconds:.2f} "
+                         f"frames/s){where}."),
+            error=bool(self._run_warnings),
+        )
 
     # --- calibration ----------------------------------------------------------------
 
@@ -843,7 +854,7 @@ class FusionWidget(Container):
             + assessment.table()
         )
         self.method.value = best.name
-        self._say(f"{best.label} predicts this recording's keyframes best: selected.")
+        self._say(f"{best.label} is recommended for this recording: selected.")
 
 
 class FusionDock(QScrollArea):
