@@ -145,7 +145,7 @@ def markdown(rows: list[dict], methods: list[str]) -> str:
 
 def verdicts(rows: list[dict]) -> list[str]:
     """Where the goals are met and where not: each method running the bundled EDVR-STF
-    network >= best classical + 1 dB; cal >= STF."""
+    network, and what ``auto`` picked, >= best classical + 1 dB; cal >= STF."""
     out = []
     networks = [m for m in method_names() if method_network(m) == "stf"]
     for row in rows:
@@ -153,7 +153,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         setting = f"{row['sequence']} D={row['spacing']} {row['noise']}"
         margins = [
             f"{m} {row[m] - classical:+.2f} dB ({'met' if row[m] - classical >= 1 else 'NOT met'})"
-            for m in networks if m in row
+            for m in (*networks, "auto") if m in row
         ]
         out.append(f"{setting}: against the best classical method, " + ", ".join(margins)
                    + "".join(f"; {m}-cal - {m} = {row[f'{m}-cal'] - row[m]:+.2f} dB"
