@@ -98,10 +98,12 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: f
             scores[f"{name}:{path.stem}"] = unseen(
                 create_method(name, weights=path, **options(name)), exp
             )
-    notes = {"motion": keyframe_motion(exp.lr, exp.hr, exp.timeline)}
     assessment = assess(exp.lr, exp.hr, exp.timeline, methods)
     scores["auto"] = scores[assessment.recommended]
-    notes["auto"] = assessment.recommended
+    # The assessment measures the motion when it can decide; else it is measured here.
+    motion = assessment.motion
+    notes = {"auto": assessment.recommended,
+             "motion": keyframe_motion(exp.lr, exp.hr, exp.timeline) if motion is None else motion}
     if minutes > 0:
         try:
             result = calibrate(
