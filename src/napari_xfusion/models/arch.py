@@ -133,9 +133,12 @@ class DCNv2Pack(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: Tensor, feat: Tensor) -> Tensor:
-        out = self.conv_offset(feat)
-        n_offsets = 2 * self.deform_groups * 9
-        offset, mask = out[:, :n_offsets], torch.sigmoid(out[:, n_offsets:])
+        # Split rather than sliced: the backward then joins the two gradients in one
+        # concatenation instead of zero-filling a full-size gradient for each slice.
+        offset, mask = self.conv_offset(feat).split(
+            [2 * self.deform_groups * 9, self.deform_groups * 9], dim=1
+        )
+        mask = torch.sigmoid(mask)
         return deform_conv2d(
             x, offset, self.weight, self.bias, 1, 1, 1, mask, backend=self.backend
         )
