@@ -231,23 +231,18 @@ def test_without_a_frame_between_keyframes_there_is_no_motion_to_measure():
 
 
 def test_stf_on_a_moving_recording_is_told_to_use_aligned_keyframes(monkeypatch):
-    model = build_model(ModelConfig.preset("tiny"))
-    engine = EngineConfig(device="cpu", precision="fp32", tile=0)
     moving = pan_experiment(1.0)
     inputs = pipeline.prepare_inputs(moving.lr, moving.hr, moving.timeline.model)
-    (warning,) = pipeline.motion_warnings(inputs, create_method("stf", model=model,
-                                                                engine=engine))
+    (warning,) = pipeline.motion_warnings(inputs, "stf")
     assert "stf-aligned" in warning and "0.7" in warning
-    assert pipeline.motion_warnings(
-        inputs, create_method("stf-aligned", model=model, engine=engine)) == []
+    assert pipeline.motion_warnings(inputs, "stf-aligned") == []
     still = pan_experiment(0.0)
     still_inputs = pipeline.prepare_inputs(still.lr, still.hr, still.timeline.model)
-    assert pipeline.motion_warnings(
-        still_inputs, create_method("stf", model=model, engine=engine)) == []
+    assert pipeline.motion_warnings(still_inputs, "stf") == []
 
     def unexpected(*args, **kwargs):
         raise AssertionError("the motion was measured for a method it does not concern")
 
     monkeypatch.setattr(pipeline, "keyframe_motion", unexpected)
-    for name in ("transfer", "bayes", "bicubic"):
-        assert pipeline.motion_warnings(inputs, create_method(name)) == []
+    for name in ("transfer", "bayes", "bicubic", "edvr"):
+        assert pipeline.motion_warnings(inputs, name) == []

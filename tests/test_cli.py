@@ -91,14 +91,20 @@ def test_fuse_defaults_to_the_bundled_network(tmp_path, capsys, stack_files):
     assert "moves" not in err  # a still scene
 
 
-def test_stf_on_a_panning_recording_warns_and_fuses(tmp_path, capsys):
+def _panning_recording(folder):
+    """LR and HR keyframe files (every 5th frame) of a camera panning 1 HR pixel a frame."""
     image = data.camera()[::2, ::2].astype(np.float32)
     truth = np.stack([ndimage.shift(image, (t, -t), order=1, mode="nearest")
                       for t in range(11)])[:, 64:192, 64:192]
-    lr, hr = tmp_path / "lr.tif", tmp_path / "hr.tif"
+    lr, hr = folder / "lr.tif", folder / "hr.tif"
     binned = truth.reshape(11, 32, 4, 32, 4).mean(axis=(2, 4))
     tifffile.imwrite(lr, binned.astype(np.uint16), photometric="minisblack")
     tifffile.imwrite(hr, truth[::5].astype(np.uint16), photometric="minisblack")
+    return lr, hr
+
+
+def test_stf_on_a_panning_recording_warns_and_fuses(tmp_path, capsys):
+    lr, hr = _panning_recording(tmp_path)
     out = tmp_path / "fused.tif"
     code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device", "cpu")
     assert code == 0, err
@@ -108,6 +114,16 @@ def test_stf_on_a_panning_recording_warns_and_fuses(tmp_path, capsys):
                        "--method", "stf-aligned", "--overwrite")
     assert code == 0, err
     assert "moves" not in err
+
+
+def test_a_cluster_run_of_stf_on_a_panning_recording_warns_too(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    lr, hr = _panning_recording(tmp_path)
+    code, printed, err = run(capsys, "fuse", lr, hr, "-o", tmp_path / "fused.tif", "--spacing", 5,
+                             "--device", "cpu", "--scheduler", "local", "--workers", 1)
+    assert code == 0, err
+    assert "warning: the scene moves between keyframes" in err
+    assert "wrote 11 fused frames" in printed
 
 
 def _no_outputs(directory, keep):
@@ -303,6 +319,7 @@ def test_train_defaults_are_the_library_defaults():
         defaults.arch, defaults.seed, defaults.noise_free_fraction, defaults.aligned_fraction)
     assert build_parser().parse_args(["train", "--aligned-fraction", "0.5"]).aligned_fraction == 0.5
     assert args.loader_processes == defaults.loader_processes
+    assert args.pan_fraction == defaults.pan_fraction
 
 
 def test_train_hands_its_loader_and_alignment_settings_to_training(monkeypatch, tmp_path):
@@ -311,8 +328,10 @@ def test_train_hands_its_loader_and_alignment_settings_to_training(monkeypatch, 
     seen = []
     monkeypatch.setattr(train_module, "train",
                         lambda config, resume: seen.append(config) or tmp_path / "w")
-    assert main(["train", "--loader-processes", "3", "--aligned-fraction", "0.25"]) == 0
-    assert (seen[0].loader_processes, seen[0].aligned_fraction) == (3, 0.25)
+    assert main(["train", "--loader-processes", "3", "--aligned-fraction", "0.25",
+                 "--pan-fraction", "0.3"]) == 0
+    assert (seen[0].loader_processes, seen[0].aligned_fraction, seen[0].pan_fraction) == (
+        3, 0.25, 0.3)
 
 
 @pytest.mark.slow

@@ -187,9 +187,14 @@ def _open_recording(args: argparse.Namespace):
         args.lr, args.hr, _time_model(args, registration), hr_full_rate=args.hr_full_rate,
         registration=registration,
     )
-    for line in inputs.timeline.warnings():
-        print(f"warning: {line}", file=sys.stderr)
+    _warn(inputs.timeline.warnings())
     return inputs
+
+
+def _warn(lines: list[str]) -> None:
+    """Print each sentence as a warning on stderr."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _frames(spec: str | None) -> list[int] | None:
@@ -259,9 +264,14 @@ def cmd_fuse(args: argparse.Namespace) -> int:
                 "--resume continues runs of one process; a cluster run starts afresh: drop "
                 "--resume and pass --overwrite."
             )
+        check_output_path(args.output, overwrite=args.overwrite)
+        # Opened lazily here for what is decided before the cluster starts: the method for
+        # auto, the motion warning otherwise (a few frames read).
+        inputs = _open_recording(args)
         if args.method == "auto":
-            check_output_path(args.output, overwrite=args.overwrite)
-            args.method = _choose_method(args, _open_recording(args))
+            args.method = _choose_method(args, inputs)
+        else:
+            _warn(motion_warnings(inputs, args.method))
         result = _fuse_on_cluster(args)
     else:
         # Options and the output path are checked before the slow work starts.
@@ -273,8 +283,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             chosen = _choose_method(args, inputs)
             method = create_method(chosen, **_method_options(args, chosen))
         else:  # auto weighed the methods on the recording already
-            for line in motion_warnings(inputs, method):
-                print(f"warning: {line}", file=sys.stderr)
+            _warn(motion_warnings(inputs, args.method))
         result = fuse_to_file(
             inputs, method, args.output, overwrite=args.overwrite, frames=_frames(args.frames),
             progress=ProgressBar(f"fusing ({method.label})"), resume=args.resume,
@@ -381,8 +390,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     source = "estimated" if registration.offset_estimated else "as given"
     print(f"keyframe offset {m.offset} ({source}); best match {offsets['best'][0]} "
           f"({offsets['best'][1]:.4f}){second}")
-    for line in registration.warnings:
-        print(f"warning: {line}", file=sys.stderr)
+    _warn(registration.warnings)
     print(f"wrote {out}: use it with --registration {out}")
     return 0
 
@@ -450,7 +458,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         out_dir=args.out_dir, data_file=args.data_file, real_dir=args.real_dir,
         max_minutes=args.max_minutes, init_weights=args.init_weights,
         lr_crop=args.lr_crop, noise_free_fraction=args.noise_free_fraction,
-        aligned_fraction=args.aligned_fraction, loader_processes=args.loader_processes,
+        aligned_fraction=args.aligned_fraction, pan_fraction=args.pan_fraction,
+        loader_processes=args.loader_processes,
     )
     path = train(config, resume=not args.restart)
     print(f"weights: {path}")
@@ -614,6 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aligned-fraction", type=float, default=defaults.aligned_fraction,
                    help="share of samples whose keyframes are warped onto LR t first, as "
                    f"stf-aligned fuses (default {defaults.aligned_fraction:g})")
+    p.add_argument("--pan-fraction", type=float, default=defaults.pan_fraction,
+                   help="share of samples cut as a panning camera sees the scene, keyframes "
+                   f"shifted up to {defaults.max_pan} HR pixels (default "
+                   f"{defaults.pan_fraction:g})")
     p.add_argument("--loader-processes", type=int, default=defaults.loader_processes,
                    help="worker processes that make the batches (default 0: threads); use on "
                    "many cores with --aligned-fraction, whose warping threads cannot share")

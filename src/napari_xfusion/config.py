@@ -451,6 +451,15 @@ class TrainConfig:
         Share of samples whose keyframes are warped onto their (noisy) LR ``t`` before the
         network sees them (:func:`napari_xfusion.alignment.align_keyframes`), as the
         ``stf-aligned`` method fuses; 0 trains on keyframes as they come only.
+    pan_fraction : float
+        Share of samples cut as if the camera panned: each frame's crop window moves along
+        a straight line in time, so the keyframes are shifted against the output frame
+        (see :mod:`napari_xfusion.training.data`). Most training scenes are filmed by a
+        still camera, where a moving one is what plain EDVR-STF fuses worst.
+    max_pan : int
+        The largest shift of a panned sample, in HR pixels, between the output time and
+        the farther of its keyframes (and its LR frames); each sample draws it uniformly
+        from ``0..max_pan`` in a random direction.
     log_b0_range : tuple of float
         ``log10`` range of the blank-scan factor ``b0`` of the LR Poisson noise.
     motion_crop_fraction : float
@@ -513,6 +522,8 @@ class TrainConfig:
     outside_fraction: float = 0.05
     noise_free_fraction: float = 0.1
     aligned_fraction: float = 0.0
+    pan_fraction: float = 0.0
+    max_pan: int = 32
     log_b0_range: tuple[float, float] = (1.0, 7.0)
     motion_crop_fraction: float = 0.5
     validation_samples: int = 6
@@ -560,7 +571,7 @@ class TrainConfig:
             )
         for name in (
             "synthetic_sequences", "validation_sequences", "validation_samples", "seed",
-            "loader_processes",
+            "loader_processes", "max_pan",
         ):
             value = getattr(self, name)
             _require(
@@ -588,7 +599,8 @@ class TrainConfig:
             self.charbonnier_eps > 0, f"charbonnier_eps must be > 0, got {self.charbonnier_eps}."
         )
         for name in ("real_fraction", "keyframe_fraction", "outside_fraction",
-                     "noise_free_fraction", "aligned_fraction", "motion_crop_fraction"):
+                     "noise_free_fraction", "aligned_fraction", "pan_fraction",
+                     "motion_crop_fraction"):
             value = getattr(self, name)
             _require(0 <= value <= 1, f"{name} must lie in [0, 1], got {value!r}.")
         _require(

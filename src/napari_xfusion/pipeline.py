@@ -34,7 +34,7 @@ from .io import (
     resuming_path,
     source_stamp,
 )
-from .methods import FusionMethod, method_labels
+from .methods import FusionMethod, method_aligns_keyframes, method_labels, method_network
 from .normalize import (
     CLIP_TOLERANCE,
     Normalization,
@@ -403,8 +403,9 @@ def _offset_progress(progress: ProgressCallback, done: int) -> ProgressCallback:
     return lambda k, total: progress(done + k, done + total)
 
 
-def motion_warnings(inputs: FusionInputs, method: FusionMethod) -> list[str]:
-    """Whether ``method`` is probably the wrong one for a recording that moves.
+def motion_warnings(inputs: FusionInputs, method: str) -> list[str]:
+    """Whether fusion method ``method`` (a registered name) is probably the wrong one for a
+    recording that moves.
 
     EDVR-STF fed the keyframes as they are (``stf``) loses the detail that moved between a
     keyframe and the frame being fused; ``stf-aligned`` warps the keyframes there first.
@@ -417,15 +418,16 @@ def motion_warnings(inputs: FusionInputs, method: FusionMethod) -> list[str]:
     list of str
         Empty, or one warning.
     """
-    if method.arch != "stf" or method.align_keyframes:
+    if method_network(method) != "stf" or method_aligns_keyframes(method):
         return []
     motion = keyframe_motion(inputs.lr, inputs.hr, inputs.timeline)
     if motion < MOVING:
         return []
+    labels = method_labels()
     return [
         f"the scene moves between keyframes (halfway between two, the frames sit {motion:.2f} "
-        f"LR pixels off the keyframe before them) and {method.name} ({method.label}) takes "
-        f"the keyframes as they are: use stf-aligned ({method_labels()['stf-aligned']}), "
+        f"LR pixels off the keyframe before them) and {method} ({labels[method]}) takes "
+        f"the keyframes as they are: use stf-aligned ({labels['stf-aligned']}), "
         "which warps them onto each frame first (0.05-4.5 dB better on held-out videos that "
         "move this much), or assess the methods on this recording's keyframes."
     ]

@@ -24,8 +24,11 @@ from napari_xfusion.training.data import (
     KEYFRAME,
     OUTSIDE,
     PairSampler,
+    augment,
+    frame_times,
     load_sequence_file,
     make_sequence,
+    pan_shifts,
     quantize,
     save_sequence_file,
     synthetic_seed,
@@ -177,6 +180,54 @@ def test_aligned_samples_take_keyframes_warped_onto_their_lr_frame():
     assert after < 0.6 * before
     with pytest.raises(ValueError, match="aligned_fraction must lie in"):
         TrainConfig(aligned_fraction=1.5)
+
+
+def test_panned_samples_move_the_crop_window_along_a_line():
+    # A still scene: whatever differs between a sample's frames is the pan.
+    texture = np.random.default_rng(1).integers(0, 256, (200, 200), dtype=np.uint8)
+    seq = make_sequence("still", np.repeat(texture[None], 40, axis=0), "real")
+    config = TrainConfig(lr_crop=16, max_separation=3, max_keyframe_factor=5,
+                         noise_free_fraction=1.0, pan_fraction=0.5, max_pan=24)
+    batch = PairSampler([seq], config).sample_batch(np.random.default_rng(2), 32)
+    record = batch.record
+    moving = record.pan.any(axis=1)
+    assert moving.any() and not moving.all()
+    for i in range(32):
+        t = int(record.t[i])
+        times = frame_times(t, int(record.separation[i]), int(record.k0[i]), int(record.k1[i]),
+                            len(seq))
+        shifts = pan_shifts(record.pan[i], t, times)
+        assert np.abs(shifts).max() <= 24 and (moving[i] or not shifts.any())
+        crops = np.stack([texture[record.y[i] + dy : record.y[i] + dy + 64,
+                                  record.x[i] + dx : record.x[i] + dx + 64] for dy, dx in shifts])
+        crops = augment(crops, record.flip_y[i], record.flip_x[i], record.transpose[i])
+        expected = torch.from_numpy(crops.astype(np.float32) / 255)
+        torch.testing.assert_close(batch.target[i, 0], expected[1])
+        torch.testing.assert_close(batch.hr[i, :, 0], expected[3:])
+        torch.testing.assert_close(batch.lr[i, :, 0], F.avg_pool2d(expected[:3], 4))
+        # Keyframes of a panned sample are shifted against the target; still ones are not.
+        assert torch.equal(batch.hr[i, 0, 0], batch.target[i, 0]) == (not shifts[3].any())
+    with pytest.raises(ValueError, match="pan_fraction must lie in"):
+        TrainConfig(pan_fraction=-0.1)
+    with pytest.raises(ValueError, match="max_pan must be a whole number"):
+        TrainConfig(max_pan=2.5)
+
+
+def test_panning_is_limited_by_the_room_around_the_crop():
+    # Frames only 8 HR pixels wider than the crop: a pan of up to 40 pixels must shrink.
+    frames = np.random.default_rng(3).integers(0, 256, (30, 72, 72), dtype=np.uint8)
+    seq = make_sequence("narrow", frames, "real")
+    config = TrainConfig(lr_crop=16, pan_fraction=1.0, max_pan=40, noise_free_fraction=1.0)
+    record = PairSampler([seq], config).sample_batch(np.random.default_rng(0), 32).record
+    assert record.pan.any()
+    for i in range(32):
+        t = int(record.t[i])
+        times = frame_times(t, int(record.separation[i]), int(record.k0[i]), int(record.k1[i]),
+                            len(seq))
+        shifts = pan_shifts(record.pan[i], t, times)
+        for axis, corner in ((0, record.y[i]), (1, record.x[i])):
+            assert 0 <= corner + shifts[:, axis].min()
+            assert corner + shifts[:, axis].max() + 64 <= 72
 
 
 def test_motion_crops_find_the_moving_part():

@@ -87,7 +87,7 @@ def fusion_steps(plan: FusionPlan, stop: threading.Event) -> Iterator[Prepared |
     method = create_method(plan.method, **options)
     engine = getattr(method, "engine", None)
     yield Prepared(inputs.timeline, str(engine.device) if engine is not None else "cpu",
-                   tuple(motion_warnings(inputs, method)))
+                   tuple(motion_warnings(inputs, plan.method)))
     truth, truth_norm = None, None
     if plan.truth is not None:
         # The units of `xfusion evaluate`: both stacks mapped by the truth's normalization.

@@ -10,7 +10,11 @@ Every sample is cut from one full-rate HR sequence (normalized to [0, 1]) as in 
   HR input is the target itself) or both keyframes on one side of it, because a fused
   sequence contains such frames: at its keyframes and after its last keyframe. All times
   are clamped to the sequence, as :class:`~napari_xfusion.timeline.Timeline` clamps them;
-* an HR crop of ``4 * lr_crop`` pixels (256 in the paper) at one place in all five frames;
+* an HR crop of ``4 * lr_crop`` pixels (256 in the paper) at one place in all five frames
+  or, beyond the paper, for a share of samples (``pan_fraction``) at a place that moves
+  along a straight line in time, as a panning camera sees a still scene: most training
+  scenes are filmed by a still camera, and a moving one is where keyframes and LR frames
+  disagree most;
 * the same random flips and transposition (a 90-degree rotation with a flip) for all
   frames of a sample;
 * LR frames made by 4 x 4 mean binning of the HR crops, then Poisson noise with one
@@ -486,6 +490,10 @@ class BatchRecord:
         Seed of the torch generator that draws the batch's Poisson noise.
     aligned : ndarray of bool
         Samples whose keyframes are warped onto their LR ``t`` (``aligned_fraction``).
+    pan : ndarray of float, shape (B, 2)
+        Velocity ``(y, x)`` of the crop window in HR pixels per frame (``pan_fraction``);
+        the crop of frame ``f`` lies ``trunc(pan * (f - t))`` from ``(y, x)``. Zero for
+        samples cut at one place.
     """
 
     sequence: np.ndarray
@@ -502,6 +510,7 @@ class BatchRecord:
     b0: np.ndarray
     noise_seed: int
     aligned: np.ndarray
+    pan: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -565,6 +574,15 @@ def augment(frames: np.ndarray, flip_y: bool, flip_x: bool, transpose: bool) -> 
 def frame_times(t: int, r: int, k0: int, k1: int, n: int) -> list[int]:
     """Frame indices of a sample in :data:`FRAMES` order, LR times clamped to the sequence."""
     return [*lr_indices(t, r, n), k0, k1]
+
+
+def pan_shifts(velocity: np.ndarray, t: int, times: list[int]) -> np.ndarray:
+    """Offsets ``(len(times), 2)`` of a panned sample's crops from the crop at ``t``.
+
+    Truncated towards zero, so that the window never travels farther than its velocity
+    carries it (:meth:`PairSampler._pan_velocity` keeps that inside the frame).
+    """
+    return np.trunc(np.outer(np.asarray(times) - t, velocity)).astype(int)
 
 
 def make_batch(
@@ -725,6 +743,26 @@ class PairSampler:
                 return min(max(y, 0), height - c), min(max(x, 0), width - c)
         return int(rng.integers(0, height - c + 1)), int(rng.integers(0, width - c + 1))
 
+    def _pan_velocity(
+        self, rng: np.random.Generator, seq: Sequence, t: int, times: list[int]
+    ) -> np.ndarray:
+        """Velocity ``(y, x)`` of a panned crop, HR pixels per frame.
+
+        The shift at the frame farthest from ``t`` is drawn uniformly from
+        ``0..max_pan`` pixels in a random direction, and lowered where the frame leaves
+        too little room around the crop for it.
+        """
+        span = max(abs(f - t) for f in times)
+        if span == 0:
+            return np.zeros(2)
+        angle = rng.uniform(0, 2 * np.pi)
+        velocity = rng.uniform(0, self.config.max_pan) / span * np.array(
+            [np.sin(angle), np.cos(angle)])
+        room = np.array(seq.shape[1:], dtype=float) - self.crop
+        # The window travels |velocity| * (latest - earliest frame) along each axis.
+        travel = np.abs(velocity) * (max(times) - min(times))
+        return velocity * min([1.0, *(room[travel > 0] / travel[travel > 0])])
+
     def _draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, BatchRecord]:
         """Draw a batch's HR frames on the CPU: the first half of :meth:`sample_batch`.
 
@@ -749,12 +787,24 @@ class PairSampler:
         flips = rng.random((batch_size, 3)) < 0.5
         noise_free = rng.random(batch_size) < cfg.noise_free_fraction
         b0 = np.where(noise_free, np.inf, 10.0 ** rng.uniform(*cfg.log_b0_range, batch_size))
+        pan = np.zeros((batch_size, 2))
         for i in range(batch_size):
             index = int(rng.choice(len(self.sequences), p=self.weights))
             seq = self.sequences[index]
             t, r, k0, k1, kind = self._times(rng, len(seq))
             y, x = self._corner(rng, seq, t, k0, k1)
-            crop = seq.frames[frame_times(t, r, k0, k1, len(seq)), y : y + c, x : x + c]
+            times = frame_times(t, r, k0, k1, len(seq))
+            # Drawn only when asked for, so that runs without panning draw as before.
+            if cfg.pan_fraction > 0 and rng.random() < cfg.pan_fraction:
+                pan[i] = self._pan_velocity(rng, seq, t, times)
+            if pan[i].any():
+                shifts = pan_shifts(pan[i], t, times)
+                y = int(np.clip(y, -shifts[:, 0].min(), seq.shape[1] - c - shifts[:, 0].max()))
+                x = int(np.clip(x, -shifts[:, 1].min(), seq.shape[2] - c - shifts[:, 1].max()))
+                crop = np.stack([seq.frames[f, y + dy : y + dy + c, x + dx : x + dx + c]
+                                 for f, (dy, dx) in zip(times, shifts, strict=True)])
+            else:
+                crop = seq.frames[times, y : y + c, x : x + c]
             out[i] = augment(crop, *flips[i])
             for key, value in (("sequence", index), ("t", t), ("separation", r), ("k0", k0),
                                ("k1", k1), ("kind", kind), ("y", y), ("x", x)):
@@ -772,6 +822,7 @@ class PairSampler:
             b0=b0,
             noise_seed=noise_seed,
             aligned=aligned,
+            pan=pan,
         )
         return out, record
 
