@@ -18,7 +18,8 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 
 Each setting also reports its keyframe motion (:func:`napari_xfusion.alignment.
 keyframe_motion`, LR pixels): at :data:`napari_xfusion.alignment.MOVING` or more,
-``xfusion fuse`` and the napari dock warn that ``stf`` should align its keyframes.
+``stf-aligned`` aligns the keyframes (below, it fuses them as ``stf`` does), and
+``xfusion fuse`` and the napari dock warn a run of ``stf``.
 
 The videos are the ``val/`` sequences of the training data file that
 ``scripts/build_training_data.py`` builds from Debian and PyPI packages (synthetic ones are

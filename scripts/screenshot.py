@@ -1,7 +1,8 @@
 """Screenshot of the plugin in use: the sample fused by EDVR-STF, with the docks open.
 
-Opens the synthetic laser-melting sample, fuses it with the fusion dock (bundled EDVR-STF
-weights, ground truth selected so the PSNR is plotted), opens the attention plot, and saves
+Opens the synthetic laser-melting sample, fuses it with the fusion dock's default method
+(bundled EDVR-STF weights, keyframes aligned where the recording moves; ground truth
+selected so the PSNR is plotted), opens the attention plot, and saves
 the whole window. Run on a machine without a display through Xvfb::
 
     xvfb-run -a python scripts/screenshot.py docs/figures/napari-fusion.png
@@ -36,7 +37,6 @@ def main(path: str) -> None:
     viewer.window.add_dock_widget(dock, name="Fuse LR and HR stacks", area="right")
     plot = AttentionPlot(viewer)
     viewer.window.add_dock_widget(plot, name="Attention and quality", area="bottom")
-    fusion.method.value = "stf"
     fusion.start()
     wait_until(lambda: fusion.worker is None)
     for layer in viewer.layers:

@@ -18,6 +18,7 @@ from napari_xfusion.alignment import (
     keyframe_flow,
     keyframe_misfit,
     keyframe_motion,
+    recording_moves,
     warp_keyframe,
 )
 from napari_xfusion.config import EngineConfig, ModelConfig, NoiseConfig, TimeModel
@@ -225,6 +226,39 @@ def test_a_still_scene_measures_no_motion(noise):
     assert keyframe_motion(exp.lr, exp.hr, exp.timeline) < MOVING / 2
 
 
+def test_a_recording_that_moves_only_for_a_while_counts_as_moving():
+    # Still for 13 frames, then the 1-pixel pan: one keyframe interval of four moves, so
+    # a median over the intervals would call it still.
+    image = photo()
+    steps = np.maximum(np.arange(21) - 12, 0).astype(float)
+    truth = np.stack([panned(image, (s, -s)) for s in steps])[:, 32:224, 32:224]
+    exp = simulate_experiment(truth, TimeModel(spacing=4))
+    moves, motion = recording_moves(exp.lr, exp.hr, exp.timeline)
+    assert moves and motion == pytest.approx(2**0.5 / 2, abs=0.12)
+
+
+def test_stf_aligned_fuses_a_still_recording_as_stf_does_and_aligns_a_moving_one():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.preset("tiny"))
+    with torch.no_grad():
+        model.conv_last.weight.mul_(50.0)  # random weights: make the keyframes count
+    engine = EngineConfig(device="cpu", precision="fp32", tile=0)
+    for step, aligns in ((0.0, False), (1.0, True)):
+        exp = pan_experiment(step, n_frames=9)
+        fused = {
+            name: np.stack([f.image for f in create_method(name, model=model, engine=engine)
+                            .fuse(exp.lr, exp.hr, exp.timeline)])
+            for name in ("stf", "stf-aligned")
+        }
+        method = create_method("stf-aligned", model=model, engine=engine)
+        assert method.motion is None
+        method.prepare(exp.lr, exp.hr, exp.timeline)
+        assert method.engine.align_keyframes is aligns
+        assert (method.motion >= MOVING) is aligns
+        # Exactly equal only when the keyframes go in as they are.
+        assert np.array_equal(fused["stf-aligned"], fused["stf"]) is not aligns
+
+
 def test_without_a_frame_between_keyframes_there_is_no_motion_to_measure():
     exp = pan_experiment(1.0, n_frames=6, spacing=1)
     assert keyframe_motion(exp.lr, exp.hr, exp.timeline) == 0.0
@@ -243,6 +277,33 @@ def test_stf_on_a_moving_recording_is_told_to_use_aligned_keyframes(monkeypatch)
     def unexpected(*args, **kwargs):
         raise AssertionError("the motion was measured for a method it does not concern")
 
-    monkeypatch.setattr(pipeline, "keyframe_motion", unexpected)
+    monkeypatch.setattr(pipeline, "recording_moves", unexpected)
     for name in ("transfer", "bayes", "bicubic", "edvr"):
         assert pipeline.motion_warnings(inputs, name) == []
+
+
+def test_announcing_what_stf_aligned_does_measures_the_motion_once(monkeypatch):
+    import napari_xfusion.methods.neural as neural
+
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return recording_moves(*args)
+
+    monkeypatch.setattr(neural, "recording_moves", counted)
+    torch.manual_seed(0)
+    method = create_method("stf-aligned", model=build_model(ModelConfig.preset("tiny")),
+                           engine=EngineConfig(device="cpu", precision="fp32"))
+    moving = pan_experiment(1.0, n_frames=9)
+    inputs = pipeline.prepare_inputs(moving.lr, moving.hr, moving.timeline.model)
+    (note,) = pipeline.alignment_notes(inputs, method)
+    assert "move" in note and "aligned onto each frame" in note
+    assert len(list(method.fuse(inputs.lr, inputs.hr, inputs.timeline))) == 9
+    assert len(calls) == 1
+    # Other stacks are measured afresh.
+    still = pan_experiment(0.0, n_frames=9)
+    still_inputs = pipeline.prepare_inputs(still.lr, still.hr, still.timeline.model)
+    (note,) = pipeline.alignment_notes(still_inputs, method)
+    assert "stand still" in note and not method.engine.align_keyframes and len(calls) == 2
+    assert pipeline.alignment_notes(inputs, create_method("bicubic")) == []

@@ -86,9 +86,11 @@ def test_fuse_defaults_to_the_bundled_network(tmp_path, capsys, stack_files):
     out = tmp_path / "fused.tif"
     code, printed, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device", "cpu")
     assert code == 0, err
-    assert json.loads(read_metadata(out)["napari_xfusion"])["method"] == "stf"
+    # The network with keyframes aligned where the recording moves; this one stands still.
+    assert json.loads(read_metadata(out)["napari_xfusion"])["method"] == "stf-aligned"
     assert "attention scores" in printed
-    assert "moves" not in err  # a still scene
+    assert "stf-aligned: the keyframes stand still" in printed
+    assert "moves" not in err
 
 
 def _panning_recording(folder):
@@ -106,21 +108,25 @@ def _panning_recording(folder):
 def test_stf_on_a_panning_recording_warns_and_fuses(tmp_path, capsys):
     lr, hr = _panning_recording(tmp_path)
     out = tmp_path / "fused.tif"
-    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device", "cpu")
+    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device", "cpu",
+                       "--method", "stf")
     assert code == 0, err
     assert "warning: the scene moves between keyframes" in err and "use stf-aligned" in err
     assert tifffile.imread(out).shape == (11, 128, 128)
-    code, _, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device", "cpu",
-                       "--method", "stf-aligned", "--overwrite")
+    # The default aligns the keyframes of a recording that moves, and says so.
+    code, printed, err = run(capsys, "fuse", lr, hr, "-o", out, "--spacing", 5, "--device",
+                             "cpu", "--overwrite")
     assert code == 0, err
     assert "moves" not in err
+    assert "stf-aligned: the keyframes move" in printed and "aligned onto each frame" in printed
 
 
 def test_a_cluster_run_of_stf_on_a_panning_recording_warns_too(tmp_path, capsys):
     pytest.importorskip("distributed")
     lr, hr = _panning_recording(tmp_path)
     code, printed, err = run(capsys, "fuse", lr, hr, "-o", tmp_path / "fused.tif", "--spacing", 5,
-                             "--device", "cpu", "--scheduler", "local", "--workers", 1)
+                             "--device", "cpu", "--method", "stf", "--scheduler", "local",
+                             "--workers", 1)
     assert code == 0, err
     assert "warning: the scene moves between keyframes" in err
     assert "wrote 11 fused frames" in printed

@@ -11,12 +11,16 @@ camera that pans, rotates or tilts and an object that moves over a still backgro
 A keyframe the flow cannot bring close (taken after the camera moved on, say) gives way
 to the one that matches (:data:`MISFIT_RATIO`).
 
+Aligning costs a little detail where nothing moves (the flow follows the LR noise) and
+the flow takes time, so ``stf-aligned`` first asks :func:`recording_moves` and fuses a
+still recording's keyframes as they are, as ``stf`` does.
+
 One global translation per keyframe (phase correlation) was the first form of this: on
 held-out real video it raised EDVR-STF on a hand-held scene and lowered it on an object
 sliding over a still background; the flow gains on both, by more (``docs/benchmarks.md``,
-"Keyframes aligned along the optical flow"). The network never sees
-the flow, so ``stf-aligned`` stays a method of its own that ``xfusion assess`` weighs
-against the plain one on each recording.
+"Keyframes aligned along the optical flow"). The network never sees the flow, so
+``stf-aligned`` stays a method of its own that ``xfusion assess`` weighs against the
+plain one on each recording.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from .timeline import Timeline
 
 __all__ = [
     "MOVING", "align_keyframes", "keyframe_flow", "keyframe_misfit", "keyframe_motion",
-    "warp_keyframe",
+    "recording_moves", "warp_keyframe",
 ]
 
 #: Weight of the data term of the TV-L1 flow (its lambda) for frames in [0, 1]: smaller
@@ -61,15 +65,22 @@ STILL = (0.05, 0.15)
 MISFIT_RATIO = 100.0
 
 #: A recording whose frames halfway between two keyframes sit this many LR pixels or more
-#: off the keyframe before them (:func:`keyframe_motion`) moves enough for aligned keyframes
-#: to matter. Measured (``docs/benchmarks.md``, "How far the keyframes are"): the built-in
-#: sample (a still camera) 0.002-0.046 from clean to 20 dB LR noise and the synthetic sweep
-#: scenes 0.004-0.044, where ``stf-aligned`` fused 0.02-0.31 dB below ``stf``; the held-out
-#: real videos 0.13-3.4, where it fused 0.05-4.5 dB better in every setting.
+#: off the keyframe before them (:func:`keyframe_motion`, the largest over the intervals
+#: measured) moves enough for aligned keyframes to matter. Measured on normalized stacks
+#: (``benchmarks/motion_gate.py``; ``docs/benchmarks.md``, "Aligning only recordings that
+#: move"): the held-out real videos 0.29-6.9, where aligning gained 0.05-4.5 dB in every
+#: setting; still synthetic scenes (the built-in sample, the sweep scenes), where it cost
+#: 0.02-0.31 dB, 0.007-0.069 with little LR noise (the sample down to 30 dB LR PSNR) but
+#: up to 0.16 with more, which the flow follows. A still scene aligned loses little, a
+#: moving one left as it is much, hence a threshold nearer the still ones.
 MOVING = 0.1
 
 #: Misfits this small (in squared units of frames in [0, 1]: 50 dB) count as a match.
 MISFIT_FLOOR = 1e-5
+
+#: Keyframe intervals :func:`keyframe_motion` measures (evenly spread): one TV-L1 flow on
+#: the LR grid each.
+MOTION_INTERVALS = 8
 
 
 def _binned_like(lr_frame: np.ndarray, keyframe: np.ndarray, scale: int) -> np.ndarray:
@@ -174,14 +185,15 @@ def align_keyframes(lr_frame: np.ndarray, keyframes: np.ndarray, *, scale: int) 
     return np.stack(aligned).astype(np.float32, copy=False)
 
 
-def keyframe_motion(lr, hr, timeline: Timeline, *, intervals: int = 5) -> float:
+def keyframe_motion(lr, hr, timeline: Timeline, *, intervals: int = MOTION_INTERVALS) -> float:
     """How far the scene moves between keyframes, in LR pixels.
 
     For up to ``intervals`` evenly spread keyframes inside the LR sequence, the mean length
     of the optical flow (:func:`keyframe_flow`) from the LR frame halfway to the next
-    keyframe back to this one; the median over the keyframes. A still scene gives
-    about 0 (the flow's own noise stays under :data:`STILL`), a moving one the typical
-    distance the keyframe's content travelled by mid-interval.
+    keyframe back to this one; the largest over the keyframes, so that a recording that
+    stands still for a while and then moves counts as moving. A still scene gives about 0
+    (the flow's own noise stays under :data:`STILL`), a moving one how far the keyframe's
+    content travelled by mid-interval where it moved most.
 
     Parameters
     ----------
@@ -197,7 +209,7 @@ def keyframe_motion(lr, hr, timeline: Timeline, *, intervals: int = 5) -> float:
     Returns
     -------
     float
-        The median displacement; 0 where no interval has a frame halfway (a spacing of 1,
+        The largest displacement; 0 where no interval has a frame halfway (a spacing of 1,
         or fewer than two keyframes inside the LR sequence).
     """
     half = timeline.model.spacing // 2
@@ -211,4 +223,18 @@ def keyframe_motion(lr, hr, timeline: Timeline, *, intervals: int = 5) -> float:
         ))))
         for j in spread_evenly(starts, intervals)
     ]
-    return float(np.median(lengths)) if lengths else 0.0
+    return max(lengths, default=0.0)
+
+
+def recording_moves(lr, hr, timeline: Timeline) -> tuple[bool, float]:
+    """Whether the recording moves enough between keyframes for aligning them to pay.
+
+    Returns
+    -------
+    moves : bool
+        :func:`keyframe_motion` is :data:`MOVING` or more.
+    motion : float
+        The keyframe motion, in LR pixels.
+    """
+    motion = keyframe_motion(lr, hr, timeline)
+    return motion >= MOVING, motion

@@ -250,7 +250,7 @@ def _choose_method(args: argparse.Namespace, inputs) -> str:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .io import check_output_path
-    from .pipeline import fuse_to_file, motion_warnings
+    from .pipeline import alignment_notes, fuse_to_file, motion_warnings
 
     if args.workers is not None or args.chunk_frames is not None:
         if args.scheduler is None:
@@ -284,6 +284,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             method = create_method(chosen, **_method_options(args, chosen))
         else:  # auto weighed the methods on the recording already
             _warn(motion_warnings(inputs, args.method))
+        for line in alignment_notes(inputs, method):
+            print(f"{method.name}: {line}")
         result = fuse_to_file(
             inputs, method, args.output, overwrite=args.overwrite, frames=_frames(args.frames),
             progress=ProgressBar(f"fusing ({method.label})"), resume=args.resume,
@@ -502,9 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help="fuse an LR stack and HR keyframes into one HR stack")
     _add_stack_inputs(p, "output stack (.tif BigTIFF or .zarr)")
     p.add_argument(
-        "--method", "-m", default="stf", choices=[*method_names(), "auto"],
-        help="fusion method (default: stf, the bundled network, as in the napari dock); "
-        "auto: the best on this recording's keyframes (see xfusion assess)",
+        "--method", "-m", default="stf-aligned", choices=[*method_names(), "auto"],
+        help="fusion method (default: stf-aligned, the bundled network with the keyframes "
+        "aligned where the recording moves, as in the napari dock); auto: the best on this "
+        "recording's keyframes (see xfusion assess)",
     )
     p.add_argument("--frames", help="fuse only these LR times: START:STOP or a list 1,5,9")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -642,9 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_stack_inputs(p, "fine-tuned weights file (.safetensors)")
     p.add_argument("--weights", help="weights to start from (default: the bundled weights)")
-    p.add_argument("--method", default="stf", choices=calibrated_methods(),
-                   help="the method to calibrate the network for: stf-aligned trains on "
-                        "keyframes warped onto each target's time (default stf)")
+    p.add_argument("--method", default="stf-aligned", choices=calibrated_methods(),
+                   help="the method to calibrate the network for: stf-aligned (the default) "
+                        "trains on keyframes warped onto each target's time where the "
+                        "recording moves, stf on keyframes as they are")
     p.add_argument("--max-minutes", type=float, default=5.0,
                    help="minutes of fine-tuning: as many steps as fit (default 5)")
     p.add_argument("--iterations", type=int, default=100_000,

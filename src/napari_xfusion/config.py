@@ -141,7 +141,8 @@ class EngineConfig:
     align_keyframes : bool
         Warp each keyframe onto the LR frame of the output time along their optical flow
         before the network sees it (:func:`napari_xfusion.alignment.align_keyframes`): for
-        a scene that moves. The ``stf-aligned`` method sets it.
+        a scene that moves. The ``stf-aligned`` method sets it, and switches it off for a
+        recording that stands still.
     """
 
     device: str = "auto"
@@ -694,8 +695,9 @@ class CalibrationConfig:
         memory only.
     align_keyframes : bool
         Warp each training and validation sample's keyframes onto its target's LR frame
-        first, as the ``stf-aligned`` method fuses (:func:`napari_xfusion.alignment.
-        align_keyframes`): calibrate the network for that method.
+        first where the recording moves, as the ``stf-aligned`` method fuses
+        (:func:`napari_xfusion.alignment.recording_moves`, :func:`~napari_xfusion.
+        alignment.align_keyframes`): calibrate the network for that method.
     """
 
     iterations: int = 300

@@ -140,6 +140,9 @@ class Engine:
         self.overlap = _round_up(config.overlap, SIZE_MULTIPLE)
         #: Number of times the tile size was halved after running out of GPU memory.
         self.oom_retries = 0
+        #: Whether keyframes are warped onto each output time: ``config.align_keyframes``,
+        #: switched off by a method that finds its recording still.
+        self.align_keyframes = config.align_keyframes
 
     def _run_batch(
         self,
@@ -243,7 +246,7 @@ class Engine:
         if inputs is None or cache is None:
             # Frames without a place in a sequence: nothing to share with other calls.
             names, cache = [("lr", 0), ("lr", 1), ("lr", 2), ("hr", 0), ("hr", 1)], FeatureCache(0)
-        elif self.config.align_keyframes:
+        elif self.align_keyframes:
             # Keyframes moved onto this output time serve this output alone.
             names = [("lr", i) for i in inputs.lr] + [(ALIGNED, inputs.t, j) for j in inputs.hr]
         else:
@@ -286,7 +289,7 @@ class Engine:
         s = self.scale
         _, h, w = lr.shape
         check_scale(lr.shape, hr.shape, s)
-        if self.config.align_keyframes:
+        if self.align_keyframes:
             hr = align_keyframes(lr[1], hr, scale=s)
         ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         lr = _pad_frames(np.ascontiguousarray(lr, dtype=np.float32), ph, pw)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
-from .alignment import MOVING, keyframe_motion
+from .alignment import MOVING, recording_moves
 from .attention import AttentionLog, attention_csv_path
 from .checks import check_scale, full_rate_selection
 from .config import NoiseConfig, NormalizationConfig, TimeModel
@@ -409,9 +409,9 @@ def motion_warnings(inputs: FusionInputs, method: str) -> list[str]:
 
     EDVR-STF fed the keyframes as they are (``stf``) loses the detail that moved between a
     keyframe and the frame being fused; ``stf-aligned`` warps the keyframes there first.
-    When :func:`~napari_xfusion.alignment.keyframe_motion` reaches
-    :data:`~napari_xfusion.alignment.MOVING`, one sentence says so, with the fix; other
-    methods are not measured (the flow takes a few seconds on large frames).
+    When the recording moves (:func:`~napari_xfusion.alignment.recording_moves`), one
+    sentence says so, with the fix; other methods are not measured (the flow takes a few
+    seconds on large frames).
 
     Returns
     -------
@@ -420,17 +420,38 @@ def motion_warnings(inputs: FusionInputs, method: str) -> list[str]:
     """
     if method_network(method) != "stf" or method_aligns_keyframes(method):
         return []
-    motion = keyframe_motion(inputs.lr, inputs.hr, inputs.timeline)
-    if motion < MOVING:
+    moves, motion = recording_moves(inputs.lr, inputs.hr, inputs.timeline)
+    if not moves:
         return []
     labels = method_labels()
     return [
-        f"the scene moves between keyframes (halfway between two, the frames sit {motion:.2f} "
-        f"LR pixels off the keyframe before them) and {method} ({labels[method]}) takes "
-        f"the keyframes as they are: use stf-aligned ({labels['stf-aligned']}), "
+        f"the scene moves between keyframes (halfway between two, the frames sit up to "
+        f"{motion:.2f} LR pixels off the keyframe before them) and {method} "
+        f"({labels[method]}) takes the keyframes as they are: use stf-aligned "
+        f"({labels['stf-aligned']}), "
         "which warps them onto each frame first (0.05-4.5 dB better on held-out videos that "
         "move this much), or assess the methods on this recording's keyframes."
     ]
+
+
+def alignment_notes(inputs: FusionInputs, method: FusionMethod) -> list[str]:
+    """What ``method`` does with this recording's keyframes, if it aligns them where the
+    recording moves (``stf-aligned``): its :meth:`~napari_xfusion.methods.FusionMethod.
+    prepare` measures the motion now, and a run of it on the same inputs measures it no more.
+
+    Returns
+    -------
+    list of str
+        Empty for other methods, or one sentence.
+    """
+    if not method.align_keyframes:
+        return []
+    method.prepare(inputs.lr, inputs.hr, inputs.timeline)
+    if method.motion >= MOVING:
+        return [f"the keyframes move ({method.motion:.2f} LR pixels halfway between two, at "
+                "most): they are aligned onto each frame."]
+    return [f"the keyframes stand still ({method.motion:.2f} LR pixels halfway between two, "
+            f"under {MOVING:g}): they are fused as they are, as stf fuses them."]
 
 
 def fuse_to_file(

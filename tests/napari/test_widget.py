@@ -104,7 +104,7 @@ def test_fuses_into_a_layer_and_a_file(dock, qtbot, tmp_path, small_experiment):
     output = tmp_path / "fused.tif"
     widget.output.value = str(output)
     run(qtbot, widget)
-    layer = viewer.layers["LR stream fused (EDVR-STF)"]
+    layer = viewer.layers["LR stream fused (EDVR-STF, aligned keyframes)"]
     record = layer.metadata[RECORD_KEY]
     n = len(small_experiment.lr)
     assert record.done == set(range(n))
@@ -120,6 +120,8 @@ def test_fuses_into_a_layer_and_a_file(dock, qtbot, tmp_path, small_experiment):
     assert (tmp_path / "fused.attention.csv").exists()
     assert read_metadata(output)["napari_xfusion"]
     assert "fused 16 frames" in widget.message.value and "Warning" not in widget.message.value
+    # The default method found the sample still and took its keyframes as they are.
+    assert "The keyframes stand still" in widget.message.value
     assert widget.progress.value == n
 
 
@@ -130,14 +132,17 @@ def test_a_panning_recording_fuses_and_says_to_align_the_keyframes(open_dock, qt
                       for t in range(11)])[:, 64:192, 64:192].astype(np.float32)
     viewer, widget = open_dock(simulate_experiment(truth, TimeModel(spacing=5)),
                                tiny_weights["stf"])
-    assert widget.method.value == "stf"
+    assert widget.method.value == "stf-aligned"  # the default
+    widget.method.value = "stf"
     run(qtbot, widget)
     message = widget.message.value
     assert message.startswith("fused 11 frames")
     assert "Warning: the scene moves between keyframes" in message and "stf-aligned" in message
     widget.method.value = "stf-aligned"
     run(qtbot, widget)
-    assert "fused 11 frames" in widget.message.value and "Warning" not in widget.message.value
+    message = widget.message.value
+    assert "fused 11 frames" in message and "Warning" not in message
+    assert "The keyframes move" in message and "aligned onto each frame" in message
 
 
 def test_rerunning_replaces_the_result_layer(dock, qtbot):
@@ -216,7 +221,7 @@ def test_cancel_stops_after_the_current_frame_and_keeps_what_was_written(dock, q
     widget.start()
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
-    record = viewer.layers["LR stream fused (EDVR-STF)"].metadata[RECORD_KEY]
+    record = viewer.layers["LR stream fused (EDVR-STF, aligned keyframes)"].metadata[RECORD_KEY]
     assert record.done == {0}
     assert not output.exists()
     kept = tmp_path / "fused.incomplete.tif"
@@ -252,7 +257,7 @@ def test_settings_are_locked_while_a_run_goes(dock, qtbot):
     assert not widget.spacing.enabled and not widget.method.enabled
     # The run also shows in napari's activity panel, and leaves it when done.
     assert [p.total for p in progress._all_instances] == [16]
-    assert activities() == ["fusing (stf)"]
+    assert activities() == ["fusing (stf-aligned)"]
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert widget.spacing.enabled and widget.method.enabled and widget.output.enabled
     assert not activities()

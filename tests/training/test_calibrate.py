@@ -114,17 +114,30 @@ def test_aligned_calibration_samples_take_keyframes_warped_onto_the_target_time(
 
 @pytest.mark.slow
 def test_aligned_calibration_validates_and_records_aligned_keyframes(experiment, tmp_path):
-    config = CalibrationConfig(iterations=2, batch_size=2, lr_crop=16, min_iterations=1,
-                               align_keyframes=True, out=str(tmp_path / "a.safetensors"))
-    result = calibrate(experiment.lr, experiment.hr, experiment.timeline, config,
-                       model=tiny_model(), progress=None)
-    plain = calibrate(experiment.lr, experiment.hr, experiment.timeline,
-                      CalibrationConfig(iterations=2, batch_size=2, lr_crop=16),
-                      model=tiny_model(), progress=None)
-    assert read_metadata(result.weights_path)["aligned_keyframes"] == "true"
-    # The sample's melt pool moves, so warped neighbours predict the held-out keyframe
-    # differently.
-    assert result.keyframe_psnr_before != plain.keyframe_psnr_before
+    def both(exp):
+        lines = []
+        config = CalibrationConfig(iterations=2, batch_size=2, lr_crop=16, min_iterations=1,
+                                   align_keyframes=True, out=str(tmp_path / "a.safetensors"))
+        aligned = calibrate(exp.lr, exp.hr, exp.timeline, config, model=tiny_model(),
+                            progress=lines.append)
+        plain = calibrate(exp.lr, exp.hr, exp.timeline,
+                          CalibrationConfig(iterations=2, batch_size=2, lr_crop=16),
+                          model=tiny_model(), progress=None)
+        return aligned, plain, "\n".join(lines)
+
+    # A pan: warped neighbours predict the held-out keyframes differently.
+    truth = np.stack([np.roll(experiment.truth[0], (2 * t, -3 * t), (0, 1)) for t in range(21)])
+    pan = simulate_experiment(truth, TimeModel(spacing=4), NoiseConfig(target_psnr=None))
+    aligned, plain, said = both(pan)
+    assert read_metadata(aligned.weights_path)["aligned_keyframes"] == "true"
+    assert aligned.keyframe_psnr_before != plain.keyframe_psnr_before
+    assert "the keyframes are aligned" in said
+    # The sample's camera stands still: its keyframes are taken as they are, as
+    # stf-aligned fuses them there.
+    aligned, plain, said = both(experiment)
+    assert read_metadata(aligned.weights_path)["aligned_keyframes"] == "true"
+    assert aligned.keyframe_psnr_before == plain.keyframe_psnr_before
+    assert "the keyframes stand still" in said
 
 
 def test_holdout_inputs_bracket_the_keyframe_with_other_keyframes():

@@ -23,7 +23,7 @@ from ..io import read_stack
 from ..methods import create_method, method_network
 from ..metrics import psnr
 from ..normalize import fit_normalization
-from ..pipeline import fuse_iter, motion_warnings, prepare_inputs
+from ..pipeline import alignment_notes, fuse_iter, motion_warnings, prepare_inputs
 from ..registration import Registration, register
 from ..streaming import FusedFrame
 from ..timeline import Timeline
@@ -57,11 +57,14 @@ class FusionPlan:
 @dataclass(frozen=True)
 class Prepared:
     """Yielded once the stacks are normalized and the method is built, with what the
-    method probably gets wrong on them (:func:`~napari_xfusion.pipeline.motion_warnings`)."""
+    method probably gets wrong on them (:func:`~napari_xfusion.pipeline.motion_warnings`)
+    and what it does with their keyframes (:func:`~napari_xfusion.pipeline.
+    alignment_notes`)."""
 
     timeline: Timeline
     device: str
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ def fusion_steps(plan: FusionPlan, stop: threading.Event) -> Iterator[Prepared |
     method = create_method(plan.method, **options)
     engine = getattr(method, "engine", None)
     yield Prepared(inputs.timeline, str(engine.device) if engine is not None else "cpu",
-                   tuple(motion_warnings(inputs, plan.method)))
+                   tuple(motion_warnings(inputs, plan.method)),
+                   tuple(alignment_notes(inputs, method)))
     truth, truth_norm = None, None
     if plan.truth is not None:
         # The units of `xfusion evaluate`: both stacks mapped by the truth's normalization.

@@ -56,7 +56,7 @@ from .placement import keyframe_time_placement
 from .record import RECORD_KEY, FusionRecord, ResultStack
 
 #: Methods in the order the menu offers them; others registered later follow.
-METHOD_ORDER = ("stf", "stf-aligned", "edvr", "bayes", "transfer", "bicubic")
+METHOD_ORDER = ("stf-aligned", "stf", "edvr", "bayes", "transfer", "bicubic")
 #: Largest result held in memory without an output file (bytes).
 IN_MEMORY_LIMIT = 4 * 2**30
 #: Memory kept for recent frames while a run streams to a file (bytes).
@@ -184,6 +184,7 @@ class FusionWidget(Container):
         self.result_layer = None
         self._warnings: list[str] = []
         self._run_warnings: list[str] = []
+        self._run_notes: list[str] = []
         self._plan: FusionPlan | None = None
         self._failed = False
         self._stop = threading.Event()
@@ -491,8 +492,9 @@ class FusionWidget(Container):
         self.badge.native.setStyleSheet(f"color: {colour}; font-weight: bold")
 
     def _warned(self, text: str) -> str:
-        """``text`` followed by the warnings of the current run, if any."""
-        return " ".join([text, *(f"Warning: {line}" for line in self._run_warnings)])
+        """``text`` followed by the notes and warnings of the current run, if any."""
+        return " ".join([text, *(line[:1].upper() + line[1:] for line in self._run_notes),
+                         *(f"Warning: {line}" for line in self._run_warnings)])
 
     def _say(self, text: str, error: bool = False) -> None:
         # The library speaks the command line's language; here the flag is a check box.
@@ -588,7 +590,7 @@ class FusionWidget(Container):
         plan = self._begin()
         if plan is None:
             return
-        self._run_warnings = []
+        self._run_warnings, self._run_notes = [], []
         self._say("preparing: normalizing the stacks and loading the method...")
         self.progress.max, self.progress.value = plan.n_frames, 0
         self._started = time.perf_counter()
@@ -621,7 +623,7 @@ class FusionWidget(Container):
     def _on_yielded(self, item) -> None:
         if isinstance(item, Prepared):
             self._add_result_layer(item.timeline)
-            self._run_warnings = list(item.warnings)
+            self._run_warnings, self._run_notes = list(item.warnings), list(item.notes)
             self._say(self._warned(f"fusing on {item.device}..."), error=bool(item.warnings))
             return
         frame = item.frame

@@ -31,13 +31,16 @@ class FusionMethod(ABC):
     before either runs. Methods that run a network set ``arch``, the architecture of the
     weights they load (``"stf"`` or ``"edvr"``), and take ``weights`` and ``engine``
     options; ``align_keyframes`` says whether the keyframes are warped onto each output
-    time first (:mod:`napari_xfusion.alignment`).
+    time first where the recording moves (:mod:`napari_xfusion.alignment`), and such a
+    method's :meth:`prepare` sets ``motion``, how far the recording moves between keyframes
+    in LR pixels (None before).
     """
 
     name: ClassVar[str]
     label: ClassVar[str]
     arch: ClassVar[str | None] = None
     align_keyframes: ClassVar[bool] = False
+    motion: float | None = None
 
     def settings(self) -> dict:
         """What decides this method's output besides its inputs, JSON-serializable.

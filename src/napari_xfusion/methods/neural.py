@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
+from ..alignment import recording_moves
 from ..config import EngineConfig
 from ..engine import Engine
 from ..models.weights import check_weights_file, load_weights
 from .base import FusionMethod, register
+
+log = logging.getLogger(__name__)
 
 
 class NeuralMethod(FusionMethod):
@@ -91,17 +95,34 @@ class EDVRSTFMethod(NeuralMethod):
 
 @register
 class AlignedEDVRSTFMethod(EDVRSTFMethod):
-    """EDVR-STF with each keyframe first warped onto the output time's LR frame.
+    """EDVR-STF with each keyframe first warped onto the output time's LR frame, where the
+    recording moves.
 
     Along the optical flow between them (:mod:`napari_xfusion.alignment`): for a camera or
-    a sample that moves during the recording. Where nothing moves it gains nothing and can
-    cost a little detail, and the flow takes time; ``xfusion assess`` weighs it against
-    ``stf`` on each recording.
+    a sample that moves during the recording. :meth:`prepare` measures how far the
+    recording moves between keyframes (:func:`~napari_xfusion.alignment.recording_moves`,
+    a few flows on the LR grid, kept in ``motion``); a still recording's keyframes are
+    fused as they are, exactly as ``stf`` fuses them and as fast, since aligning them
+    gains nothing there and costs a little detail.
     """
 
     name = "stf-aligned"
     label = "EDVR-STF, aligned keyframes"
     align_keyframes = True
+
+    #: The stacks and time model the motion was measured on (a second prepare on the same
+    #: ones, before a run that the caller announced, does not measure it again).
+    _measured: tuple | None = None
+
+    def prepare(self, lr, hr, timeline) -> None:
+        super().prepare(lr, hr, timeline)
+        last = self._measured
+        if last is None or last[0] is not lr or last[1] is not hr or last[2] != timeline:
+            self.engine.align_keyframes, self.motion = recording_moves(lr, hr, timeline)
+            self._measured = (lr, hr, timeline)
+            log.info("keyframe motion %.3f LR pixels: %s", self.motion,
+                     "aligning the keyframes" if self.engine.align_keyframes
+                     else "the keyframes are fused as they are")
 
 
 @register

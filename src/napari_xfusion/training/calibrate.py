@@ -19,7 +19,7 @@ tell*, and the original weights stay recommended.
 
 No synthetic noise is added: the LR frames already carry the experiment's real noise.
 With ``CalibrationConfig(align_keyframes=True)`` the neighbours are first warped onto the
-target's LR frame, as the ``stf-aligned`` method fuses.
+target's LR frame where the recording moves, as the ``stf-aligned`` method fuses.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ..alignment import align_keyframes
+from ..alignment import align_keyframes, recording_moves
 from ..config import CalibrationConfig
 from ..devices import autocast, autocast_dtype, resolve_device, retain_freed_memory
 from ..holdout import holdout_inputs, split_keyframes
@@ -396,7 +396,7 @@ def calibrate(
         result = calibrate(inputs.lr, inputs.hr, inputs.timeline,
                            CalibrationConfig(out="my-experiment.safetensors"))
         print(result.summary())
-        method = create_method("stf", weights=result.recommended)
+        method = create_method("stf-aligned", weights=result.recommended)
     """
     say = progress or (lambda line: None)
     started = time.monotonic()
@@ -422,7 +422,13 @@ def calibrate(
 
     say(f"calibrating: reading the keyframes and predicting the {len(held_out)} held out")
     lr_store, hr_store = _FrameStore(lr), _FrameStore(hr)
-    aligned = _AlignedKeyframes(lr_store, hr_store, s) if config.align_keyframes else None
+    aligned = None
+    if config.align_keyframes:
+        moves, motion = recording_moves(lr, hr, timeline)
+        say(f"calibrating: keyframe motion {motion:.2f} LR pixels: "
+            + ("the keyframes are aligned" if moves else "the keyframes stand still, as they are"))
+        if moves:
+            aligned = _AlignedKeyframes(lr_store, hr_store, s)
     validation = _validation_samples(lr_store, hr_store, timeline, held_out,
                                      config.validation_crop, aligned)
     bicubic = float(np.mean([
