@@ -16,6 +16,10 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 * ``auto``: the method :func:`napari_xfusion.assess.assess` picks from the keyframes alone
   (the truth is never shown to it), and the unseen-frame PSNR of that pick.
 
+``--lr-blur`` and ``--lr-shift`` give the LR camera optics of its own
+(:class:`napari_xfusion.config.OpticsConfig`): a real second camera blurs more than
+4 x 4 binning and is never registered exactly.
+
 Each setting also reports its keyframe motion (:func:`napari_xfusion.alignment.
 keyframe_motion`, LR pixels): at :data:`napari_xfusion.alignment.MOVING` or more,
 ``stf-aligned`` aligns the keyframes (below, it fuses them as ``stf`` does), and
@@ -49,7 +53,13 @@ import numpy as np  # noqa: E402
 
 from napari_xfusion.alignment import keyframe_motion  # noqa: E402
 from napari_xfusion.assess import assess, candidate_methods  # noqa: E402
-from napari_xfusion.config import CalibrationConfig, EngineConfig, NoiseConfig, TimeModel  # noqa: E402
+from napari_xfusion.config import (  # noqa: E402
+    CalibrationConfig,
+    EngineConfig,
+    NoiseConfig,
+    OpticsConfig,
+    TimeModel,
+)
 from napari_xfusion.methods import (  # noqa: E402
     calibrated_methods,
     create_method,
@@ -85,13 +95,14 @@ def unseen(method, exp) -> np.ndarray:
 
 
 def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: float,
-                extra: tuple[Path, ...] = (), calibrate_for: str = "stf-aligned"):
+                extra: tuple[Path, ...] = (), calibrate_for: str = "stf-aligned",
+                optics: OpticsConfig = OpticsConfig()):
     """Per-frame unseen PSNR of every method (and of each method that runs EDVR-STF with
     each ``extra`` weights file, as ``stf:<file stem>``, ``stf-aligned:<file stem>``) on
     one setting, and what auto and calibration (for the method ``calibrate_for``)
     decided."""
-    exp = simulate_experiment(truth, TimeModel(spacing=spacing), NoiseConfig(target_psnr=noise,
-                                                                            seed=1))
+    exp = simulate_experiment(truth, TimeModel(spacing=spacing),
+                              NoiseConfig(target_psnr=noise, seed=1), optics=optics)
     methods, _ = candidate_methods(options)
     scores = {name: unseen(method, exp) for name, method in methods.items()}
     for path in extra:
@@ -202,8 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, nargs="+", default=(),
                         help="also score the methods that run EDVR-STF with these weights "
                         "files (stf:<stem>, stf-aligned:<stem>)")
+    parser.add_argument("--lr-blur", type=float, default=0.0,
+                        help="Gaussian blur of the LR camera before binning, HR pixels (0)")
+    parser.add_argument("--lr-shift", type=float, nargs=2, default=(0.0, 0.0),
+                        metavar=("DY", "DX"),
+                        help="misalignment of the LR camera before binning, HR pixels (0 0)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    optics = OpticsConfig(blur=args.lr_blur, shift=tuple(args.lr_shift))
 
     _, validation, _ = load_sequence_file(args.data_file)
     sequences = [s for s in validation if s.group == REAL
@@ -225,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             for noise in NOISE:
                 scores, notes, _ = run_setting(truth, spacing, noise, args.calibrate_minutes,
-                                               tuple(args.weights), args.calibrate_for)
+                                               tuple(args.weights), args.calibrate_for, optics)
                 label = "clean" if noise is None else f"{noise:g} dB"
                 per_frame[f"{seq.name} D={spacing} {label}"] = scores
                 rows.append({

@@ -196,6 +196,23 @@ def test_bad_input_gets_one_clear_message_and_no_output(
     assert set(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_simulate_can_give_the_lr_camera_optics_of_its_own(tmp_path, capsys, stack_files):
+    from napari_xfusion.config import OpticsConfig
+    from napari_xfusion.simulate import bin_frames, lr_optics
+
+    _, _, truth = stack_files
+    out_dir = tmp_path / "sim"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "simulate", truth, "-o", out_dir, "--spacing", 4,
+                       "--lr-blur", 1.5, "--lr-shift", 0.5, -1)
+    assert code == 0, err
+    lr = tifffile.imread(out_dir / "lr.tif")
+    full = tifffile.imread(out_dir / "truth.tif")
+    expected = bin_frames(lr_optics(full, OpticsConfig(blur=1.5, shift=(0.5, -1.0))), 4)
+    np.testing.assert_allclose(lr, expected, atol=1e-6)
+    assert not np.allclose(lr, bin_frames(full, 4), atol=1e-3)
+
+
 def test_simulate_refuses_settings_that_do_not_fit(tmp_path, capsys, stack_files):
     _, _, truth = stack_files
     out_dir = tmp_path / "sim"

@@ -1,13 +1,15 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from napari_xfusion.config import NoiseConfig, TimeModel
+from napari_xfusion.config import NoiseConfig, OpticsConfig, TimeModel
 from napari_xfusion.metrics import psnr
 from napari_xfusion.simulate import (
     Experiment,
     b0_for_psnr,
     bin_frames,
     crop_to_multiple,
+    lr_optics,
     noise_b0,
     noisy_frame,
     noisy_lr,
@@ -206,3 +208,25 @@ def test_experiment_from_a_dask_array_matches_numpy():
     for name in ("lr", "lr_clean", "hr", "truth"):
         assert isinstance(getattr(lazy, name), np.ndarray)
         np.testing.assert_array_equal(getattr(lazy, name), getattr(eager, name))
+
+
+def test_lr_optics_blur_and_shift_the_frames_the_lr_camera_bins():
+    rng = np.random.default_rng(0)
+    frames = ndimage.gaussian_filter(rng.random((3, 64, 64)), (0, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(lr_optics(frames, OpticsConfig()), frames)
+    # A whole-pixel shift moves the content by that many pixels (away from the edges).
+    moved = lr_optics(frames, OpticsConfig(shift=(2.0, -3.0)))
+    np.testing.assert_allclose(moved[:, 10:-10, 10:-10], frames[:, 8:-12, 13:-7], atol=1e-5)
+    blurred = lr_optics(frames, OpticsConfig(blur=1.5))
+    assert blurred.std() < frames.std() and abs(blurred.mean() - frames.mean()) < 1e-3
+    # In an experiment only the LR stream sees the optics; keyframes and truth stay sharp.
+    truth = np.repeat(frames[:1], 11, axis=0)
+    exact = simulate_experiment(truth, TimeModel(spacing=5))
+    seen = simulate_experiment(truth, TimeModel(spacing=5), optics=OpticsConfig(blur=1.0,
+                                                                                 shift=(1, 1)))
+    np.testing.assert_array_equal(seen.hr, exact.hr)
+    np.testing.assert_array_equal(seen.truth, exact.truth)
+    np.testing.assert_allclose(seen.lr, bin_frames(lr_optics(truth, OpticsConfig(
+        blur=1.0, shift=(1, 1))), 4), atol=1e-6)
+    with pytest.raises(ValueError, match="blur must be >= 0"):
+        OpticsConfig(blur=-1.0)

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import EngineConfig, NoiseConfig, TimeModel, TrainConfig
+from .config import EngineConfig, NoiseConfig, OpticsConfig, TimeModel, TrainConfig
 from .methods import (
     calibrated_methods,
     create_method,
@@ -401,9 +401,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .pipeline import simulate_to_files
 
     noise = NoiseConfig(b0=args.b0, target_psnr=args.noise_psnr, seed=args.seed)
+    optics = OpticsConfig(blur=args.lr_blur, shift=tuple(args.lr_shift))
     written = simulate_to_files(
         args.hr, args.out_dir, _time_model(args), noise, overwrite=args.overwrite,
-        progress=ProgressBar("simulating"),
+        progress=ProgressBar("simulating"), optics=optics,
     )
     for label, path in written.items():
         print(f"{label}: {path}")
@@ -461,7 +462,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes, init_weights=args.init_weights,
         lr_crop=args.lr_crop, noise_free_fraction=args.noise_free_fraction,
         aligned_fraction=args.aligned_fraction, pan_fraction=args.pan_fraction,
-        loader_processes=args.loader_processes,
+        optics_fraction=args.optics_fraction, loader_processes=args.loader_processes,
     )
     path = train(config, resume=not args.restart)
     print(f"weights: {path}")
@@ -578,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--noise-psnr", type=float, help="Poisson noise on LR at this LR PSNR (dB)")
     noise.add_argument("--b0", type=float, help="Poisson noise on LR with this blank-scan factor")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--lr-blur", type=float, default=0.0,
+                   help="Gaussian blur of the LR camera before binning, in HR pixels, as a "
+                   "real second camera's optics add (default 0: exact binning)")
+    p.add_argument("--lr-shift", type=float, nargs=2, default=(0.0, 0.0), metavar=("DY", "DX"),
+                   help="misalignment of the LR camera before binning, in HR pixels "
+                   "(default 0 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_simulate)
 
@@ -630,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of samples cut as a panning camera sees the scene, keyframes "
                    f"shifted up to {defaults.max_pan} HR pixels (default "
                    f"{defaults.pan_fraction:g})")
+    p.add_argument("--optics-fraction", type=float, default=defaults.optics_fraction,
+                   help="share of samples whose LR frames are blurred (up to "
+                   f"{defaults.max_lr_blur:g}) and shifted (up to {defaults.max_lr_shift:g} "
+                   "HR pixels) before binning, as a real second camera sees the scene "
+                   f"(default {defaults.optics_fraction:g})")
     p.add_argument("--loader-processes", type=int, default=defaults.loader_processes,
                    help="worker processes that make the batches (default 0: threads); use on "
                    "many cores with --aligned-fraction, whose warping threads cannot share")

@@ -87,6 +87,31 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class OpticsConfig:
+    """What the LR camera's optics do to the scene before its pixels bin it, in HR pixels.
+
+    A second camera never sees exactly the 4 x 4 means of the HR frame: its optics blur
+    more, and a registration leaves some misalignment. ``blur`` is the standard deviation
+    of a Gaussian blur, ``shift`` a ``(dy, dx)`` translation; both 0: exact binning.
+    """
+
+    blur: float = 0.0
+    shift: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        _require(self.blur >= 0, f"LR optics blur must be >= 0 HR pixels, got {self.blur!r}.")
+        _require(
+            len(self.shift) == 2 and all(abs(v) <= 64 for v in self.shift),
+            f"LR optics shift must be (dy, dx) within 64 HR pixels, got {self.shift!r}.",
+        )
+
+    @property
+    def exact(self) -> bool:
+        """Whether the LR frames are the exact binning of the HR frames."""
+        return self.blur == 0 and not any(self.shift)
+
+
+@dataclass(frozen=True)
 class NormalizationConfig:
     """The paper's intensity normalization: percentile clip, then min-max over the sequence.
 
@@ -461,6 +486,16 @@ class TrainConfig:
         The largest shift of a panned sample, in HR pixels, between the output time and
         the farther of its keyframes (and its LR frames); each sample draws it uniformly
         from ``0..max_pan`` in a random direction.
+    optics_fraction : float
+        Share of samples whose LR frames see the scene through optics of their own before
+        binning (:func:`napari_xfusion.simulate.lr_optics`): a Gaussian blur and a shift
+        against the HR frames, as a real second camera, never binning the HR frame exactly
+        nor registered to it exactly, hands them over.
+    max_lr_blur : float
+        The largest blur of such a sample, HR pixels (drawn uniformly from ``0..max``).
+    max_lr_shift : float
+        The largest shift of such a sample along each axis, HR pixels (drawn uniformly
+        from ``-max..max``).
     log_b0_range : tuple of float
         ``log10`` range of the blank-scan factor ``b0`` of the LR Poisson noise.
     motion_crop_fraction : float
@@ -525,6 +560,9 @@ class TrainConfig:
     aligned_fraction: float = 0.0
     pan_fraction: float = 0.0
     max_pan: int = 32
+    optics_fraction: float = 0.0
+    max_lr_blur: float = 2.0
+    max_lr_shift: float = 1.5
     log_b0_range: tuple[float, float] = (1.0, 7.0)
     motion_crop_fraction: float = 0.5
     validation_samples: int = 6
@@ -601,9 +639,14 @@ class TrainConfig:
         )
         for name in ("real_fraction", "keyframe_fraction", "outside_fraction",
                      "noise_free_fraction", "aligned_fraction", "pan_fraction",
-                     "motion_crop_fraction"):
+                     "optics_fraction", "motion_crop_fraction"):
             value = getattr(self, name)
             _require(0 <= value <= 1, f"{name} must lie in [0, 1], got {value!r}.")
+        _require(
+            0 <= self.max_lr_blur <= 8 and 0 <= self.max_lr_shift <= 8,
+            "max_lr_blur and max_lr_shift must lie in [0, 8] HR pixels, got "
+            f"{self.max_lr_blur!r} and {self.max_lr_shift!r}.",
+        )
         _require(
             self.keyframe_fraction + self.outside_fraction <= 1,
             "keyframe_fraction + outside_fraction must not exceed 1, got "

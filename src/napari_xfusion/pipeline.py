@@ -21,7 +21,7 @@ import numpy as np
 from .alignment import MOVING, recording_moves
 from .attention import AttentionLog, attention_csv_path
 from .checks import check_scale, full_rate_selection
-from .config import NoiseConfig, NormalizationConfig, TimeModel
+from .config import NoiseConfig, NormalizationConfig, OpticsConfig, TimeModel
 from .io import (
     BackgroundWriter,
     StackError,
@@ -42,7 +42,7 @@ from .normalize import (
     match_normalization,
     restore_clipped,
 )
-from .simulate import bin_frames, noise_b0, noisy_frame
+from .simulate import bin_frames, lr_optics, noise_b0, noisy_frame
 from .streaming import FrameCache, FusedFrame, MappedFrames, ProgressCallback, output_times
 from .timeline import Timeline, full_rate_keyframes, keyframe_position
 
@@ -501,11 +501,13 @@ def simulate_to_files(
     normalization: NormalizationConfig = NormalizationConfig(),
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    optics: OpticsConfig = OpticsConfig(),
 ) -> dict[str, Path]:
     """The paper's numerical experiment from a full-rate HR stack, streamed to files.
 
     Each HR frame is normalized to [0, 1], binned ``scale x scale`` into an LR frame (with
-    Poisson noise if asked) and kept as a keyframe every ``spacing`` frames from ``offset``.
+    Poisson noise if asked, and seen through the LR camera's ``optics`` first) and kept as
+    a keyframe every ``spacing`` frames from ``offset``.
     Frames are processed one at a time, so stacks of any length fit in memory.
 
     Parameters
@@ -519,6 +521,9 @@ def simulate_to_files(
     normalization : NormalizationConfig
     overwrite : bool
     progress : callable, optional
+    optics : OpticsConfig
+        Blur and shift of the LR camera before binning (:func:`~napari_xfusion.simulate.
+        lr_optics`); exact binning by default.
 
     Returns
     -------
@@ -545,7 +550,11 @@ def simulate_to_files(
     }
     norm = fit_normalization(hr, normalization)
     truth = MappedFrames(hr, norm.apply)
-    lr_clean = MappedFrames(truth, lambda frame: bin_frames(frame, s))
+
+    def lr_of(frame: np.ndarray) -> np.ndarray:
+        return bin_frames(lr_optics(frame, optics), s)
+
+    lr_clean = MappedFrames(truth, lr_of)
     b0 = noise_b0(lr_clean, noise)
     info = {"napari_xfusion": json.dumps({"time_model": asdict(time_model), "b0": b0})}
     with contextlib.ExitStack() as stack:
@@ -564,7 +573,7 @@ def simulate_to_files(
         key_set = set(key_times.tolist())
         for i in range(n):
             frame = truth[i]
-            clean = bin_frames(frame, s)
+            clean = lr_of(frame)
             lr_w.write(clean if b0 is None else noisy_frame(clean, i, b0, noise.seed))
             truth_w.write(frame)
             if i in key_set:

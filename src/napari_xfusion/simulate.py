@@ -5,7 +5,8 @@ synthetic scene of :mod:`napari_xfusion.synthetic`):
 
 * the **LR stream** is the ``s x s`` mean binning of every frame (:func:`bin_frames`), with
   optional Poisson noise (:func:`noisy_lr`), ``noisy = Poisson(x * b0) / b0`` for a
-  blank-scan factor ``b0``;
+  blank-scan factor ``b0``, and optionally the LR camera's own blur and misalignment
+  first (:func:`lr_optics`), as a second camera never bins the HR frame exactly;
 * the **HR keyframes** are the full-rate frames ``offset + j * D`` (:func:`keyframes`);
 * the full-rate sequence itself is the ground truth of every fused frame.
 
@@ -21,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
-from .config import NoiseConfig, TimeModel
+from .config import NoiseConfig, OpticsConfig, TimeModel
 from .metrics import lr_psnr as _mean_psnr
 from .timeline import Timeline, keyframe_count
 
@@ -93,6 +95,32 @@ def bin_frames(stack, scale: int) -> np.ndarray:
     blocks = arr.reshape(*arr.shape[:-2], y // scale, scale, x // scale, scale)
     # Accumulate in float64 so that the block means of float32 data carry no rounding bias.
     return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(np.float32)
+
+
+def lr_optics(frames, optics: OpticsConfig) -> np.ndarray:
+    """HR frames as the LR camera's optics pass them to its pixels: blurred, then shifted.
+
+    Parameters
+    ----------
+    frames : array_like, shape (y, x) or (n, y, x)
+        HR frames.
+    optics : OpticsConfig
+        Gaussian blur and shift, in HR pixels.
+
+    Returns
+    -------
+    ndarray, same shape, float32
+        Edges extended by their nearest pixel; ``frames`` as float32 for exact optics.
+    """
+    arr = np.asarray(frames, dtype=np.float32)
+    if optics.exact:
+        return arr
+    lead = (0,) * (arr.ndim - 2)
+    if optics.blur > 0:
+        arr = ndimage.gaussian_filter(arr, (*lead, optics.blur, optics.blur), mode="nearest")
+    if any(optics.shift):
+        arr = ndimage.shift(arr, (*lead, *optics.shift), order=3, mode="nearest")
+    return arr.astype(np.float32, copy=False)
 
 
 def poisson_noise(x, b0: float, rng: np.random.Generator | int | None = None) -> np.ndarray:
@@ -276,6 +304,7 @@ def simulate_experiment(
     noise: NoiseConfig = NoiseConfig(),
     *,
     crop: bool = False,
+    optics: OpticsConfig = OpticsConfig(),
 ) -> Experiment:
     """Simulate the LR stream and the HR keyframes from one full-rate HR sequence.
 
@@ -298,6 +327,9 @@ def simulate_experiment(
     crop : bool
         Crop ``H`` and ``W`` down to multiples of ``model.scale`` (bottom and right) instead
         of raising when they are not.
+    optics : OpticsConfig
+        Blur and shift of the LR camera before binning (:func:`lr_optics`); the HR
+        keyframes and the truth stay sharp and in place. Exact binning by default.
 
     Returns
     -------
@@ -337,7 +369,7 @@ def simulate_experiment(
         frame = np.asarray(hr_full[i], dtype=np.float32)
         _check_normalized(frame, i)
         truth[i] = frame
-        lr_clean[i] = bin_frames(frame, model.scale)
+        lr_clean[i] = bin_frames(lr_optics(frame, optics), model.scale)
 
     b0 = noise_b0(lr_clean, noise)
     lr = noisy_lr(lr_clean, noise)

@@ -15,8 +15,9 @@ from scipy import ndimage
 
 from napari_xfusion import devices
 from napari_xfusion.alignment import align_keyframes
-from napari_xfusion.config import TrainConfig
+from napari_xfusion.config import OpticsConfig, TrainConfig
 from napari_xfusion.models import build_model, load_weights, read_metadata
+from napari_xfusion.simulate import bin_frames, lr_optics
 from napari_xfusion.synthetic import synthetic_lpbf
 from napari_xfusion.training import train as train_module
 from napari_xfusion.training.data import (
@@ -180,6 +181,35 @@ def test_aligned_samples_take_keyframes_warped_onto_their_lr_frame():
     assert after < 0.6 * before
     with pytest.raises(ValueError, match="aligned_fraction must lie in"):
         TrainConfig(aligned_fraction=1.5)
+
+
+def test_optics_samples_bin_blurred_and_shifted_crops_and_change_nothing_else():
+    texture = ndimage.gaussian_filter(np.random.default_rng(5).random((160, 160)), 2)
+    texture = (texture - texture.min()) / np.ptp(texture) * 255
+    seq = make_sequence("still", np.repeat(texture[None].astype(np.uint8), 30, axis=0), "real")
+    recipe = dict(lr_crop=16, noise_free_fraction=1.0)
+    plain = PairSampler([seq], TrainConfig(**recipe)).sample_batch(np.random.default_rng(6), 16)
+    batch = PairSampler([seq], TrainConfig(**recipe, optics_fraction=0.5, max_lr_blur=2.0,
+                                           max_lr_shift=1.5)).sample_batch(
+        np.random.default_rng(6), 16)
+    optics = batch.record.optics
+    seen = optics.any(axis=1)
+    assert seen.any() and not seen.all() and not plain.record.optics.any()
+    assert (optics[:, 0] <= 2.0).all() and (np.abs(optics[:, 1:]) <= 1.5).all()
+    # The same draws otherwise: the optics are drawn last; only LR frames change.
+    torch.testing.assert_close(batch.target, plain.target, atol=0, rtol=0)
+    torch.testing.assert_close(batch.hr, plain.hr, atol=0, rtol=0)
+    torch.testing.assert_close(batch.lr[~seen], plain.lr[~seen], atol=0, rtol=0)
+    for i in np.flatnonzero(seen):
+        hr_frames = plain.target[i, 0].numpy()[None].repeat(3, 0)  # a still scene
+        blur, dy, dx = optics[i]
+        expected = bin_frames(lr_optics(hr_frames, OpticsConfig(blur=blur, shift=(dy, dx))), 4)
+        np.testing.assert_allclose(batch.lr[i, :, 0].numpy(), expected, atol=1e-5)
+        assert not np.allclose(batch.lr[i].numpy(), plain.lr[i].numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="optics_fraction must lie in"):
+        TrainConfig(optics_fraction=2.0)
+    with pytest.raises(ValueError, match="max_lr_blur and max_lr_shift"):
+        TrainConfig(max_lr_shift=-1.0)
 
 
 def test_panned_samples_move_the_crop_window_along_a_line():

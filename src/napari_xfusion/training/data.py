@@ -20,6 +20,10 @@ Every sample is cut from one full-rate HR sequence (normalized to [0, 1]) as in 
 * LR frames made by 4 x 4 mean binning of the HR crops, then Poisson noise with one
   blank-scan factor per sample, ``b0 = 10 ** U(1, 7)``: ``noisy = Poisson(x * b0) / b0``
   (:func:`napari_xfusion.simulate.poisson_noise`); a share of samples stays noise-free.
+  Beyond the paper, for a share of samples (``optics_fraction``) the crops are first
+  blurred and shifted a little (:func:`napari_xfusion.simulate.lr_optics`), as a second
+  camera's optics and its registration hand them over: the LR frames are then never the
+  exact binning of the HR frames, as on a real two-camera recording.
 
 Sequences live in memory as uint8 ``(frames, y, x)`` arrays, so a batch is numpy slicing
 of a few megabytes: :meth:`PairSampler.sample_batch` cuts the crops, bins them, adds noise
@@ -49,8 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from ..alignment import align_keyframes
-from ..config import NormalizationConfig, TimeModel, TrainConfig
+from ..config import NormalizationConfig, OpticsConfig, TimeModel, TrainConfig
 from ..normalize import fit_normalization
+from ..simulate import lr_optics
 from ..synthetic import LPBFScene
 from ..timeline import Timeline, keyframe_count, keyframe_position, lr_indices
 
@@ -494,6 +499,10 @@ class BatchRecord:
         Velocity ``(y, x)`` of the crop window in HR pixels per frame (``pan_fraction``);
         the crop of frame ``f`` lies ``trunc(pan * (f - t))`` from ``(y, x)``. Zero for
         samples cut at one place.
+    optics : ndarray of float, shape (B, 3)
+        Blur and shift ``(dy, dx)`` in HR pixels of the LR camera's optics
+        (``optics_fraction``, :func:`~napari_xfusion.simulate.lr_optics`); zero for LR
+        frames binned from the HR crops exactly.
     """
 
     sequence: np.ndarray
@@ -511,6 +520,7 @@ class BatchRecord:
     noise_seed: int
     aligned: np.ndarray
     pan: np.ndarray
+    optics: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -615,7 +625,15 @@ def make_batch(
     TrainingBatch
     """
     hr = torch.from_numpy(frames).to(device, non_blocking=True).float().div_(255.0)
-    lr = F.avg_pool2d(hr[:, :3], SCALE)
+    seen = hr[:, :3]
+    if record is not None and record.optics.any():
+        seen = seen.clone()
+        for i in np.flatnonzero(record.optics.any(axis=1)):
+            blur, dy, dx = record.optics[i]
+            optics = OpticsConfig(blur=float(blur), shift=(float(dy), float(dx)))
+            seen[i] = torch.from_numpy(lr_optics(frames[i, :3] / np.float32(255.0),
+                                                 optics)).to(seen.device)
+    lr = F.avg_pool2d(seen, SCALE)
     b0_t = torch.as_tensor(np.asarray(b0, dtype=np.float64), dtype=torch.float32, device=device)
     noisy = torch.isfinite(b0_t).view(-1, 1, 1, 1)
     if bool(noisy.any()):
@@ -814,6 +832,12 @@ class PairSampler:
         aligned = np.zeros(batch_size, dtype=bool)
         if cfg.aligned_fraction > 0:
             aligned = rng.random(batch_size) < cfg.aligned_fraction
+        optics = np.zeros((batch_size, 3))
+        if cfg.optics_fraction > 0:
+            chosen = rng.random(batch_size) < cfg.optics_fraction
+            optics[:, 0] = rng.uniform(0, cfg.max_lr_blur, batch_size)
+            optics[:, 1:] = rng.uniform(-cfg.max_lr_shift, cfg.max_lr_shift, (batch_size, 2))
+            optics[~chosen] = 0.0
         record = BatchRecord(
             **fields,
             flip_y=flips[:, 0],
@@ -823,6 +847,7 @@ class PairSampler:
             noise_seed=noise_seed,
             aligned=aligned,
             pan=pan,
+            optics=optics,
         )
         return out, record
 
