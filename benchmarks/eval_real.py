@@ -18,7 +18,9 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 
 ``--lr-blur`` and ``--lr-shift`` give the LR camera optics of its own
 (:class:`napari_xfusion.config.OpticsConfig`): a real second camera blurs more than
-4 x 4 binning and is never registered exactly.
+4 x 4 binning and is never registered exactly. ``--match-optics`` then filters the LR
+stream to match the keyframes' binning first, as ``xfusion fuse`` does
+(:mod:`napari_xfusion.lr_match`).
 
 Each setting also reports its keyframe motion (:func:`napari_xfusion.alignment.
 keyframe_motion`, LR pixels): at :data:`napari_xfusion.alignment.MOVING` or more,
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import time
 from pathlib import Path
 
@@ -60,6 +63,7 @@ from napari_xfusion.config import (  # noqa: E402
     OpticsConfig,
     TimeModel,
 )
+from napari_xfusion.lr_match import fit_lr_filter  # noqa: E402
 from napari_xfusion.methods import (  # noqa: E402
     calibrated_methods,
     create_method,
@@ -94,15 +98,31 @@ def unseen(method, exp) -> np.ndarray:
     return evaluate(fused, exp.truth, mask, frames=frames).values["psnr"]
 
 
+def matched(exp):
+    """``exp`` with its LR stream filtered to match the keyframes' binning where the LR
+    camera needs it, as ``xfusion fuse`` does (:mod:`napari_xfusion.lr_match`)."""
+    timeline = exp.timeline
+    pairs = [(int(t), j) for j, t in enumerate(timeline.keyframe_times)
+             if 0 <= t < timeline.n_lr]
+    lr_filter = fit_lr_filter(exp.lr, exp.hr, pairs, timeline.model.scale)
+    print(f"  LR filter: {lr_filter.systematic:.3f} of the misfit systematic, "
+          f"{'applied' if lr_filter.needed else 'not needed'}", flush=True)
+    if not lr_filter.needed:
+        return exp
+    return dataclasses.replace(exp, lr=lr_filter.apply(exp.lr))
+
+
 def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: float,
                 extra: tuple[Path, ...] = (), calibrate_for: str = "stf-aligned",
-                optics: OpticsConfig = OpticsConfig()):
+                optics: OpticsConfig = OpticsConfig(), match_optics: bool = False):
     """Per-frame unseen PSNR of every method (and of each method that runs EDVR-STF with
     each ``extra`` weights file, as ``stf:<file stem>``, ``stf-aligned:<file stem>``) on
     one setting, and what auto and calibration (for the method ``calibrate_for``)
     decided."""
     exp = simulate_experiment(truth, TimeModel(spacing=spacing),
                               NoiseConfig(target_psnr=noise, seed=1), optics=optics)
+    if match_optics:
+        exp = matched(exp)
     methods, _ = candidate_methods(options)
     scores = {name: unseen(method, exp) for name, method in methods.items()}
     for path in extra:
@@ -218,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr-shift", type=float, nargs=2, default=(0.0, 0.0),
                         metavar=("DY", "DX"),
                         help="misalignment of the LR camera before binning, HR pixels (0 0)")
+    parser.add_argument("--match-optics", action="store_true",
+                        help="filter the LR stream to match the keyframes' binning first, as "
+                        "xfusion fuse does where the LR camera needs it")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     optics = OpticsConfig(blur=args.lr_blur, shift=tuple(args.lr_shift))
@@ -242,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             for noise in NOISE:
                 scores, notes, _ = run_setting(truth, spacing, noise, args.calibrate_minutes,
-                                               tuple(args.weights), args.calibrate_for, optics)
+                                               tuple(args.weights), args.calibrate_for, optics,
+                                               args.match_optics)
                 label = "clean" if noise is None else f"{noise:g} dB"
                 per_frame[f"{seq.name} D={spacing} {label}"] = scores
                 rows.append({

@@ -14,11 +14,12 @@ import torch  # noqa: E402
 from napari_xfusion import distributed as xdist  # noqa: E402
 from napari_xfusion.attention import attention_csv_path  # noqa: E402
 from napari_xfusion.cli import main  # noqa: E402
-from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel  # noqa: E402
+from napari_xfusion.config import EngineConfig, ModelConfig, OpticsConfig, TimeModel  # noqa: E402,E501
 from napari_xfusion.io import incomplete_path, read_metadata, read_stack  # noqa: E402
 from napari_xfusion.methods import create_method  # noqa: E402
 from napari_xfusion.models import build_model, save_weights  # noqa: E402
 from napari_xfusion.pipeline import fuse_to_file, prepare_inputs  # noqa: E402
+from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 
 # Every test here starts or uses a cluster of worker processes.
 pytestmark = pytest.mark.slow
@@ -110,6 +111,20 @@ def test_in_memory_arrays_and_a_frame_subset(client, tmp_path, small_experiment)
     fused = read_output(out)
     assert fused.dtype == np.float32 and len(fused) == 5
     np.testing.assert_array_equal(fused, read_output(reference.path))
+
+
+def test_workers_filter_the_lr_frames_of_a_blurred_camera_as_one_process_does(
+    client, tmp_path, small_experiment
+):
+    exp = simulate_experiment(small_experiment.truth, TIME_MODEL,
+                              optics=OpticsConfig(blur=1.5, shift=(0.5, 0.5)))
+    inputs = prepare_inputs(exp.lr, exp.hr, TIME_MODEL)
+    assert inputs.lr_filter is not None
+    reference = fuse_to_file(inputs, create_method("transfer"), tmp_path / "ref.zarr")
+    out = tmp_path / "fused.zarr"
+    xdist.fuse_distributed(exp.lr, exp.hr, TIME_MODEL, "transfer", out, client, chunk_frames=5)
+    np.testing.assert_array_equal(read_output(out), read_output(reference.path))
+    assert "lr_filter" in read_metadata(out)["napari_xfusion"]
 
 
 def _fail(flag_path, t_fail):

@@ -188,6 +188,8 @@ def _open_recording(args: argparse.Namespace):
         registration=registration,
     )
     _warn(inputs.timeline.warnings())
+    if inputs.lr_filter is not None:
+        print(inputs.lr_filter.describe())
     return inputs
 
 

@@ -63,9 +63,16 @@ from .io import (
 )
 from .io.lock import OutputLock
 from .io.write import claim, file_identity
+from .lr_match import LRFilter
 from .methods import create_method, method_names
 from .normalize import Normalization
-from .pipeline import FusionResult, camera_units, output_metadata, prepare_inputs
+from .pipeline import (
+    FusionResult,
+    camera_units,
+    normalized_lr,
+    output_metadata,
+    prepare_inputs,
+)
 from .streaming import FrameCache, FusedFrame, ProgressCallback, output_times
 from .timeline import Timeline
 
@@ -230,6 +237,7 @@ class _Job:
     target: str
     zarr: bool
     registration: Registration | None = None
+    lr_filter: LRFilter | None = None
 
 
 def fuse_distributed(
@@ -315,8 +323,7 @@ def fuse_distributed(
     _, height, width = inputs.lr.shape
     scale = inputs.timeline.model.scale
     frame_shape = (scale * height, scale * width)
-    if registration is not None:
-        metadata = {"registration": registration.to_dict(), **(metadata or {})}
+    metadata = {**inputs.provenance(), **(metadata or {})}
     info = output_metadata(method, inputs.timeline, times, frames is not None, metadata)
     dtype = np.dtype(inputs.hr_norm.dtype)
     sink_class = _ZarrSink if output.suffix.lower() == ".zarr" else _TiffSink
@@ -336,6 +343,7 @@ def fuse_distributed(
             target=str(sink.target),
             zarr=sink_class is _ZarrSink,
             registration=registration,
+            lr_filter=inputs.lr_filter,
         )
         sources = [_source_for_workers(client, source) for source in (lr, hr)]
         futures = {
@@ -582,7 +590,7 @@ def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any,
                 "files under the same paths (a shared file system)."
             )
         stacks = (
-            _SynchronousStack(job.lr_norm.apply(lr_raw)),
+            _SynchronousStack(normalized_lr(lr_raw, job.lr_norm, job.lr_filter)),
             _SynchronousStack(job.hr_norm.apply(hr_raw)),
             FrameCache(_SynchronousStack(hr_raw), capacity=2, dtype=None),
         )

@@ -34,6 +34,7 @@ from .io import (
     resuming_path,
     source_stamp,
 )
+from .lr_match import LRFilter, fit_lr_filter
 from .methods import FusionMethod, method_aligns_keyframes, method_labels, method_network
 from .normalize import (
     CLIP_TOLERANCE,
@@ -70,6 +71,10 @@ class FusionInputs:
     hr_source : FrameCache or None
         The HR keyframes in the camera's units, unclipped (registered, if a registration
         was given), from which :meth:`camera_units` restores clipped values.
+    lr_filter : LRFilter or None
+        The filter that matched the LR camera to the keyframes' binning
+        (:mod:`napari_xfusion.lr_match`), applied to ``lr``; None when the LR frames were
+        left as they are.
     """
 
     lr: object
@@ -80,6 +85,17 @@ class FusionInputs:
     registration: Registration | None = None
     sources: tuple = (None, None)
     hr_source: object = None
+    lr_filter: LRFilter | None = None
+
+    def provenance(self) -> dict:
+        """What was done to the stacks before fusion, for the fused stack's metadata: the
+        registration and the LR filter, where there were any."""
+        done = {}
+        if self.registration is not None:
+            done["registration"] = self.registration.to_dict()
+        if self.lr_filter is not None:
+            done["lr_filter"] = self.lr_filter.to_dict()
+        return done
 
     def camera_units(self, frame: FusedFrame) -> np.ndarray:
         """A fused frame in the HR camera's units and dtype (see :func:`camera_units`)."""
@@ -142,6 +158,7 @@ def prepare_inputs(
     hr_full_rate: bool = False,
     match_intensity: bool = True,
     registration: Registration | None = None,
+    match_optics: bool = True,
 ) -> FusionInputs:
     """Open, check and normalize an LR stack and an HR stack.
 
@@ -165,6 +182,11 @@ def prepare_inputs(
         The two cameras' registration (:func:`napari_xfusion.registration.register`): the
         LR stack is cropped to the common field of view and the HR keyframes resampled
         onto ``scale`` times that crop, frame by frame as they are read.
+    match_optics : bool
+        Filter the LR frames so that they match the binned keyframes of their time where
+        the LR camera's optics blur or shift the scene beyond its noise
+        (:func:`~napari_xfusion.lr_match.fit_lr_filter`, from up to 8 pairs of frames
+        taken at the same time); exactly binned LR is left as it is.
 
     Returns
     -------
@@ -188,18 +210,22 @@ def prepare_inputs(
     check_scale(lr_raw.shape, hr_raw.shape, time_model.scale)
     timeline = Timeline(len(lr_raw), len(hr_raw), time_model)
     hr_norm = fit_normalization(hr_raw, normalization)
+    times = timeline.keyframe_times
+    pairs = [(int(t), j) for j, t in enumerate(times) if 0 <= t < timeline.n_lr]
     lr_norm = None
     if match_intensity:
-        times = timeline.keyframe_times
-        pairs = [(int(t), j) for j, t in enumerate(times) if 0 <= t < timeline.n_lr]
         lr_norm = match_normalization(
             lr_raw, hr_raw, hr_norm, pairs, time_model.scale, normalization
         )
     if lr_norm is None:
         lr_norm = fit_normalization(lr_raw, normalization)
+    lr, hr = lr_norm.apply(lr_raw), hr_norm.apply(hr_raw)
+    lr_filter = fit_lr_filter(lr, hr, pairs, time_model.scale) if match_optics else None
+    if lr_filter is not None and not lr_filter.needed:
+        lr_filter = None
     return FusionInputs(
-        lr=lr_norm.apply(lr_raw),
-        hr=hr_norm.apply(hr_raw),
+        lr=normalized_lr(lr_raw, lr_norm, lr_filter),
+        hr=hr,
         timeline=timeline,
         lr_norm=lr_norm,
         hr_norm=hr_norm,
@@ -207,7 +233,15 @@ def prepare_inputs(
         sources=sources,
         # Consecutive outputs share their keyframes: each is read once for camera_units.
         hr_source=FrameCache(hr_raw, capacity=2, dtype=None),
+        lr_filter=lr_filter,
     )
+
+
+def normalized_lr(lr_raw, lr_norm: Normalization, lr_filter: LRFilter | None):
+    """The LR stack as the methods read it: normalized, then filtered to match the
+    keyframes' binning when a filter was found (lazy for a dask stack)."""
+    lr = lr_norm.apply(lr_raw)
+    return lr if lr_filter is None else lr_filter.apply(lr)
 
 
 @dataclass
@@ -310,8 +344,7 @@ def fuse_iter(
     output = check_output_path(output, overwrite=overwrite, resume=resume)
     n_lr, height, width = inputs.lr.shape
     scale = inputs.timeline.model.scale
-    if inputs.registration is not None:
-        metadata = {"registration": inputs.registration.to_dict(), **(metadata or {})}
+    metadata = {**inputs.provenance(), **(metadata or {})}
     info = output_metadata(method.name, inputs.timeline, times, frames is not None, metadata)
     info["fingerprint"] = run_fingerprint(inputs, method, info)
     earlier = _set_aside_partial(output, info["fingerprint"]) if resume else None

@@ -15,7 +15,12 @@ from napari_xfusion import devices  # noqa: E402
 from napari_xfusion._napari import widget as _widget  # noqa: E402
 from napari_xfusion._napari.record import RECORD_KEY  # noqa: E402
 from napari_xfusion._napari.widget import FusionWidget  # noqa: E402
-from napari_xfusion.config import CalibrationConfig, ModelConfig, TimeModel  # noqa: E402
+from napari_xfusion.config import (  # noqa: E402
+    CalibrationConfig,
+    ModelConfig,
+    OpticsConfig,
+    TimeModel,
+)
 from napari_xfusion.io import read_metadata  # noqa: E402
 from napari_xfusion.models import build_model, save_weights  # noqa: E402
 from napari_xfusion.models import read_metadata as read_weights_metadata  # noqa: E402
@@ -143,6 +148,18 @@ def test_a_panning_recording_fuses_and_says_to_align_the_keyframes(open_dock, qt
     message = widget.message.value
     assert "fused 11 frames" in message and "Warning" not in message
     assert "The keyframes move" in message and "aligned onto each frame" in message
+
+
+def test_a_blurred_lr_camera_is_matched_and_the_dock_says_so(open_dock, qtbot,
+                                                             small_experiment):
+    blurred = simulate_experiment(small_experiment.truth, small_experiment.timeline.model,
+                                  optics=OpticsConfig(blur=1.5, shift=(0.5, 0.5)))
+    viewer, widget = open_dock(blurred)
+    widget.method.value = "transfer"
+    run(qtbot, widget)
+    message = widget.message.value
+    assert message.startswith("fused 16 frames")
+    assert "The LR camera's own optics" in message and "filtered to match" in message
 
 
 def test_rerunning_replaces_the_result_layer(dock, qtbot):

@@ -89,9 +89,10 @@ def fusion_steps(plan: FusionPlan, stop: threading.Event) -> Iterator[Prepared |
         options = {"weights": plan.weights, "engine": plan.engine}
     method = create_method(plan.method, **options)
     engine = getattr(method, "engine", None)
+    notes = [] if inputs.lr_filter is None else [inputs.lr_filter.describe()]
+    notes += alignment_notes(inputs, method)
     yield Prepared(inputs.timeline, str(engine.device) if engine is not None else "cpu",
-                   tuple(motion_warnings(inputs, plan.method)),
-                   tuple(alignment_notes(inputs, method)))
+                   tuple(motion_warnings(inputs, plan.method)), tuple(notes))
     truth, truth_norm = None, None
     if plan.truth is not None:
         # The units of `xfusion evaluate`: both stacks mapped by the truth's normalization.
