@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from eval_sweep import REGIMES, settings
-from napari_xfusion.alignment import MOVING, keyframe_flow, keyframe_motion
+from napari_xfusion.alignment import MOVING, interval_motions, keyframe_motion
 from napari_xfusion.config import NoiseConfig, TimeModel
 from napari_xfusion.demo import sample_experiment
 from napari_xfusion.pipeline import prepare_inputs
@@ -36,23 +36,13 @@ from napari_xfusion.synthetic import synthetic_lpbf
 from napari_xfusion.training.data import REAL, distinct_frames, load_sequence_file
 
 
-def per_interval(lr, hr, timeline) -> list[float]:
-    """The mean flow length of every keyframe interval that has a frame halfway."""
-    half, times = timeline.model.spacing // 2, timeline.keyframe_times
-    return [
-        float(np.mean(np.hypot(*keyframe_flow(np.asarray(lr[times[j] + half]),
-                                              np.asarray(hr[j]), scale=4))))
-        for j in range(timeline.n_hr - 1)
-        if half > 0 and times[j] >= 0 and times[j] + half < timeline.n_lr
-    ]
-
-
 def report(name: str, exp) -> None:
     """One row: the stacks normalized as ``xfusion fuse`` and the dock hand them over."""
     inputs = prepare_inputs(exp.lr, exp.hr, exp.timeline.model)
     motion = keyframe_motion(inputs.lr, inputs.hr, inputs.timeline)
     decision = "aligns" if motion >= MOVING else "as they are"
-    lengths = " ".join(f"{v:.3f}" for v in per_interval(inputs.lr, inputs.hr, inputs.timeline))
+    lengths = " ".join(f"{v:.3f}" for v in interval_motions(inputs.lr, inputs.hr,
+                                                            inputs.timeline, intervals=None))
     print(f"| {name} | {lengths} | {motion:.3f} | {decision} |", flush=True)
 
 

@@ -34,8 +34,8 @@ from .simulate import bin_frames
 from .timeline import Timeline
 
 __all__ = [
-    "MOVING", "align_keyframes", "keyframe_flow", "keyframe_misfit", "keyframe_motion",
-    "recording_moves", "warp_keyframe",
+    "MOVING", "align_keyframes", "interval_motions", "keyframe_flow", "keyframe_misfit",
+    "keyframe_motion", "recording_moves", "warp_keyframe",
 ]
 
 #: Weight of the data term of the TV-L1 flow (its lambda) for frames in [0, 1]: smaller
@@ -185,15 +185,15 @@ def align_keyframes(lr_frame: np.ndarray, keyframes: np.ndarray, *, scale: int) 
     return np.stack(aligned).astype(np.float32, copy=False)
 
 
-def keyframe_motion(lr, hr, timeline: Timeline, *, intervals: int = MOTION_INTERVALS) -> float:
-    """How far the scene moves between keyframes, in LR pixels.
+def interval_motions(lr, hr, timeline: Timeline, *,
+                     intervals: int | None = MOTION_INTERVALS) -> list[float]:
+    """How far the scene moves in each keyframe interval, in LR pixels.
 
-    For up to ``intervals`` evenly spread keyframes inside the LR sequence, the mean length
-    of the optical flow (:func:`keyframe_flow`) from the LR frame halfway to the next
-    keyframe back to this one; the largest over the keyframes, so that a recording that
-    stands still for a while and then moves counts as moving. A still scene gives about 0
-    (the flow's own noise stays under :data:`STILL`), a moving one how far the keyframe's
-    content travelled by mid-interval where it moved most.
+    For up to ``intervals`` evenly spread keyframes inside the LR sequence (all of them
+    for None), the mean length of the optical flow (:func:`keyframe_flow`) from the LR
+    frame halfway to the next keyframe back to this one. A still scene gives about 0 (the
+    flow's own noise stays under :data:`STILL`), a moving one how far the keyframe's
+    content travelled by mid-interval.
 
     Parameters
     ----------
@@ -203,27 +203,33 @@ def keyframe_motion(lr, hr, timeline: Timeline, *, intervals: int = MOTION_INTER
         Normalized HR keyframes in [0, 1].
     timeline : Timeline
         The time model of the two stacks.
-    intervals : int
+    intervals : int or None
         Most keyframe intervals to measure (each one TV-L1 flow on the LR grid).
 
     Returns
     -------
-    float
-        The largest displacement; 0 where no interval has a frame halfway (a spacing of 1,
+    list of float
+        In keyframe order; empty where no interval has a frame halfway (a spacing of 1,
         or fewer than two keyframes inside the LR sequence).
     """
     half = timeline.model.spacing // 2
     times = timeline.keyframe_times
     starts = [j for j in range(timeline.n_hr - 1)
               if half > 0 and times[j] >= 0 and times[j] + half < timeline.n_lr]
-    lengths = [
+    return [
         float(np.mean(np.hypot(*keyframe_flow(
             np.asarray(lr[times[j] + half], np.float32), np.asarray(hr[j], np.float32),
             scale=timeline.model.scale,
         ))))
         for j in spread_evenly(starts, intervals)
     ]
-    return max(lengths, default=0.0)
+
+
+def keyframe_motion(lr, hr, timeline: Timeline, *, intervals: int = MOTION_INTERVALS) -> float:
+    """How far the scene moves between keyframes, in LR pixels: the largest of
+    :func:`interval_motions`, so that a recording that stands still for a while and then
+    moves counts as moving; 0 where no interval can be measured."""
+    return max(interval_motions(lr, hr, timeline, intervals=intervals), default=0.0)
 
 
 def recording_moves(lr, hr, timeline: Timeline) -> tuple[bool, float]:
