@@ -71,8 +71,9 @@ MISFIT_RATIO = 100.0
 #: move"): the held-out real videos 0.29-6.9, where aligning gained 0.05-4.5 dB in every
 #: setting; still synthetic scenes (the built-in sample, the sweep scenes), where it cost
 #: 0.02-0.31 dB, 0.007-0.069 with little LR noise (the sample down to 30 dB LR PSNR) but
-#: up to 0.16 with more, which the flow follows. A still scene aligned loses little, a
-#: moving one left as it is much, hence a threshold nearer the still ones.
+#: up to 0.12 with more (0.16 before the LR filter), which the flow follows. A still
+#: scene aligned loses little, a moving one left as it is much, hence a threshold nearer
+#: the still ones.
 MOVING = 0.1
 
 #: Misfits this small (in squared units of frames in [0, 1]: 50 dB) count as a match.
