@@ -68,12 +68,10 @@ MISFIT_RATIO = 100.0
 #: off the keyframe before them (:func:`keyframe_motion`, the largest over the intervals
 #: measured) moves enough for aligned keyframes to matter. Measured on normalized stacks
 #: (``benchmarks/motion_gate.py``; ``docs/benchmarks.md``, "Aligning only recordings that
-#: move"): the held-out real videos 0.29-6.9, where aligning gained 0.05-4.5 dB in every
+#: move"): the held-out real videos 0.29-4.5, where aligning gained 0.05-4.5 dB in every
 #: setting; still synthetic scenes (the built-in sample, the sweep scenes), where it cost
-#: 0.02-0.31 dB, 0.007-0.069 with little LR noise (the sample down to 30 dB LR PSNR) but
-#: up to 0.12 with more (0.16 before the LR filter), which the flow follows. A still
-#: scene aligned loses little, a moving one left as it is much, hence a threshold nearer
-#: the still ones.
+#: 0.02-0.31 dB, 0.004-0.068 down to 20 dB LR PSNR. A still scene aligned loses little, a
+#: moving one left as it is much, hence a threshold nearer the still ones.
 MOVING = 0.1
 
 #: Misfits this small (in squared units of frames in [0, 1]: 50 dB) count as a match.
@@ -191,10 +189,14 @@ def interval_motions(lr, hr, timeline: Timeline, *,
     """How far the scene moves in each keyframe interval, in LR pixels.
 
     For up to ``intervals`` evenly spread keyframes inside the LR sequence (all of them
-    for None), the mean length of the optical flow (:func:`keyframe_flow`) from the LR
-    frame halfway to the next keyframe back to this one. A still scene gives about 0 (the
-    flow's own noise stays under :data:`STILL`), a moving one how far the keyframe's
-    content travelled by mid-interval.
+    for None), two mean lengths of optical flow (:func:`keyframe_flow`) back to the
+    keyframe: from the LR frame halfway to the next keyframe, and from the next keyframe
+    binned; the smaller of the two. A still scene gives about 0 (the flow's own noise stays
+    under :data:`STILL`), a moving one how far the keyframe's content travelled by
+    mid-interval. Both must see motion because each alone mistakes something else for
+    it: strong LR noise moves the first flow (up to 0.12 LR pixel on still synthetic
+    scenes at 20-30 dB LR PSNR), and the second, between keyframes only, is blind to
+    what moves and comes back within an interval.
 
     Parameters
     ----------
@@ -205,7 +207,7 @@ def interval_motions(lr, hr, timeline: Timeline, *,
     timeline : Timeline
         The time model of the two stacks.
     intervals : int or None
-        Most keyframe intervals to measure (each one TV-L1 flow on the LR grid).
+        Most keyframe intervals to measure (each two TV-L1 flows on the LR grid).
 
     Returns
     -------
@@ -214,14 +216,18 @@ def interval_motions(lr, hr, timeline: Timeline, *,
         or fewer than two keyframes inside the LR sequence).
     """
     half = timeline.model.spacing // 2
+    scale = timeline.model.scale
     times = timeline.keyframe_times
     starts = [j for j in range(timeline.n_hr - 1)
               if half > 0 and times[j] >= 0 and times[j] + half < timeline.n_lr]
+
+    def flow_length(frame: np.ndarray, keyframe) -> float:
+        flow = keyframe_flow(frame, np.asarray(keyframe, np.float32), scale=scale)
+        return float(np.mean(np.hypot(*flow)))
+
     return [
-        float(np.mean(np.hypot(*keyframe_flow(
-            np.asarray(lr[times[j] + half], np.float32), np.asarray(hr[j], np.float32),
-            scale=timeline.model.scale,
-        ))))
+        min(flow_length(np.asarray(lr[times[j] + half], np.float32), hr[j]),
+            flow_length(bin_frames(hr[j + 1], scale), hr[j]))
         for j in spread_evenly(starts, intervals)
     ]
 
