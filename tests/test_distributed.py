@@ -12,6 +12,7 @@ import cloudpickle  # noqa: E402  (a dependency of distributed)
 import torch  # noqa: E402
 
 from napari_xfusion import distributed as xdist  # noqa: E402
+from napari_xfusion import pipeline  # noqa: E402
 from napari_xfusion.attention import attention_csv_path  # noqa: E402
 from napari_xfusion.cli import main  # noqa: E402
 from napari_xfusion.config import EngineConfig, ModelConfig, OpticsConfig, TimeModel  # noqa: E402,E501
@@ -208,17 +209,26 @@ def test_a_permanent_failure_leaves_nothing_under_the_output_name(
             assert kept[start:stop].any()
 
 
-def test_cli_with_a_local_cluster(tmp_path, capsys, stack_files):
+def test_cli_with_a_local_cluster(tmp_path, capsys, stack_files, monkeypatch):
     lr, hr, _ = stack_files
     args = ["fuse", lr, hr, "--spacing", 5, "--method", "transfer"]
     assert main([str(a) for a in [*args, "-o", tmp_path / "ref.tif"]]) == 0
+    opened = []
+
+    def counted(*a, **k):
+        opened.append(a[:2])
+        return prepare_inputs(*a, **k)
+
+    # The CLI opens the recording for its warnings; the cluster run must not open it again.
+    monkeypatch.setattr(pipeline, "prepare_inputs", counted)
+    monkeypatch.setattr(xdist, "prepare_inputs", counted)
     code = main([
         str(a) for a in [*args, "-o", tmp_path / "fused.tif", "--scheduler", "local",
                          "--workers", 2, "--chunk-frames", 5]
     ])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "wrote 16 fused frames" in out
+    assert "wrote 16 fused frames" in out and len(opened) == 1
     np.testing.assert_array_equal(
         tifffile.imread(tmp_path / "fused.tif"), tifffile.imread(tmp_path / "ref.tif")
     )

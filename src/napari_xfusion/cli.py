@@ -274,7 +274,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             args.method = _choose_method(args, inputs)
         else:
             _warn(motion_warnings(inputs, args.method))
-        result = _fuse_on_cluster(args)
+        result = _fuse_on_cluster(args, inputs)
     else:
         # Options and the output path are checked before the slow work starts.
         if args.method != "auto":
@@ -298,7 +298,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fuse_on_cluster(args: argparse.Namespace) -> FusionResult:
+def _fuse_on_cluster(args: argparse.Namespace, inputs) -> FusionResult:
+    """Fuse on the dask cluster of ``--scheduler``, from the recording opened already."""
     from .distributed import DEFAULT_CHUNK_FRAMES, connect, fuse_distributed
 
     registration = _registration(args)
@@ -308,7 +309,7 @@ def _fuse_on_cluster(args: argparse.Namespace) -> FusionResult:
             method_options=_method_options(args, args.method), hr_full_rate=args.hr_full_rate,
             chunk_frames=args.chunk_frames or DEFAULT_CHUNK_FRAMES, overwrite=args.overwrite,
             frames=_frames(args.frames), progress=ProgressBar(f"fusing ({args.method}, cluster)"),
-            registration=registration,
+            registration=registration, prepared=inputs,
         )
 
 

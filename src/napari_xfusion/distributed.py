@@ -67,6 +67,7 @@ from .lr_match import LRFilter
 from .methods import create_method, method_names
 from .normalize import Normalization
 from .pipeline import (
+    FusionInputs,
     FusionResult,
     camera_units,
     normalized_lr,
@@ -259,6 +260,7 @@ def fuse_distributed(
     progress: ProgressCallback | None = None,
     metadata: dict | None = None,
     registration: Registration | None = None,
+    prepared: FusionInputs | None = None,
 ) -> FusionResult:
     """Fuse a sequence on a dask cluster and write it to one output, in order.
 
@@ -301,6 +303,10 @@ def fuse_distributed(
         ``progress(done, total)`` in frames, called as chunks finish.
     metadata : dict, optional
         Extra entries stored in the output's metadata.
+    prepared : FusionInputs, optional
+        What :func:`~napari_xfusion.pipeline.prepare_inputs` returned for ``lr``, ``hr``
+        and the settings above, when the caller opened the recording already (to choose the
+        method, say): the normalization and the LR filter are then not fitted again.
 
     Returns
     -------
@@ -316,8 +322,8 @@ def fuse_distributed(
     options = dict(method_options or {})
     if options.get("weights") is not None:
         options["weights"] = str(Path(options["weights"]).expanduser().resolve())
-    inputs = prepare_inputs(lr, hr, time_model, normalization, hr_full_rate, match_intensity,
-                            registration)
+    inputs = prepared or prepare_inputs(lr, hr, time_model, normalization, hr_full_rate,
+                                        match_intensity, registration)
     times = output_times(inputs.timeline, frames)
     bounds = chunk_bounds(len(times), chunk_frames)
     _, height, width = inputs.lr.shape
