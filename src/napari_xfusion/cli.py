@@ -643,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optics-fraction", type=float, default=defaults.optics_fraction,
                    help="share of samples whose LR frames are blurred (up to "
                    f"{defaults.max_lr_blur:g}) and shifted (up to {defaults.max_lr_shift:g} "
-                   "HR pixels) before binning, as a real second camera sees the scene "
+                   "HR pixels) before binning, as a real second camera sees the scene, then "
+                   "matched to the binning as fuse matches such a camera "
                    f"(default {defaults.optics_fraction:g})")
     p.add_argument("--loader-processes", type=int, default=defaults.loader_processes,
                    help="worker processes that make the batches (default 0: threads); use on "

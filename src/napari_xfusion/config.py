@@ -490,7 +490,9 @@ class TrainConfig:
         Share of samples whose LR frames see the scene through optics of their own before
         binning (:func:`napari_xfusion.simulate.lr_optics`): a Gaussian blur and a shift
         against the HR frames, as a real second camera, never binning the HR frame exactly
-        nor registered to it exactly, hands them over.
+        nor registered to it exactly, hands them over; then matched to the binning again
+        where ``xfusion fuse`` would (:mod:`napari_xfusion.lr_match`), so that the network
+        learns what the pipeline hands it.
     max_lr_blur : float
         The largest blur of such a sample, HR pixels (drawn uniformly from ``0..max``).
     max_lr_shift : float

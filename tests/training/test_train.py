@@ -16,6 +16,7 @@ from scipy import ndimage
 from napari_xfusion import devices
 from napari_xfusion.alignment import align_keyframes
 from napari_xfusion.config import OpticsConfig, TrainConfig
+from napari_xfusion.lr_match import fit_lr_filter
 from napari_xfusion.models import build_model, load_weights, read_metadata
 from napari_xfusion.simulate import bin_frames, lr_optics
 from napari_xfusion.synthetic import synthetic_lpbf
@@ -200,12 +201,21 @@ def test_optics_samples_bin_blurred_and_shifted_crops_and_change_nothing_else():
     torch.testing.assert_close(batch.target, plain.target, atol=0, rtol=0)
     torch.testing.assert_close(batch.hr, plain.hr, atol=0, rtol=0)
     torch.testing.assert_close(batch.lr[~seen], plain.lr[~seen], atol=0, rtol=0)
+    filtered = 0
     for i in np.flatnonzero(seen):
         hr_frames = plain.target[i, 0].numpy()[None].repeat(3, 0)  # a still scene
         blur, dy, dx = optics[i]
-        expected = bin_frames(lr_optics(hr_frames, OpticsConfig(blur=blur, shift=(dy, dx))), 4)
+        raw = bin_frames(lr_optics(hr_frames, OpticsConfig(blur=blur, shift=(dy, dx))), 4)
+        # Then matched to the binning as the pipeline would: closer to it than raw.
+        lr_filter = fit_lr_filter(raw, hr_frames, [(0, 0), (1, 1), (2, 2)], 4)
+        expected = lr_filter.apply(raw) if lr_filter.needed else raw
         np.testing.assert_allclose(batch.lr[i, :, 0].numpy(), expected, atol=1e-5)
-        assert not np.allclose(batch.lr[i].numpy(), plain.lr[i].numpy(), atol=1e-3)
+        exact = plain.lr[i, :, 0].numpy()
+        if lr_filter.needed:
+            filtered += 1
+            assert np.mean((expected - exact) ** 2) < 0.5 * np.mean((raw - exact) ** 2)
+        assert not np.allclose(raw, exact, atol=1e-3)
+    assert filtered > 0
     with pytest.raises(ValueError, match="optics_fraction must lie in"):
         TrainConfig(optics_fraction=2.0)
     with pytest.raises(ValueError, match="max_lr_blur and max_lr_shift"):

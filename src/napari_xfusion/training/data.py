@@ -23,7 +23,12 @@ Every sample is cut from one full-rate HR sequence (normalized to [0, 1]) as in 
   Beyond the paper, for a share of samples (``optics_fraction``) the crops are first
   blurred and shifted a little (:func:`napari_xfusion.simulate.lr_optics`), as a second
   camera's optics and its registration hand them over: the LR frames are then never the
-  exact binning of the HR frames, as on a real two-camera recording.
+  exact binning of the HR frames, as on a real two-camera recording. After the noise, such
+  a sample's LR frames pass through the filter that ``xfusion fuse`` would fit to them
+  (:func:`napari_xfusion.lr_match.fit_lr_filter`, on its three LR frames and the HR frames
+  of their times, applied where the pipeline would apply it), so that the network learns
+  the LR frames as the pipeline hands them over: a blur the filter could not undo and
+  noise it sharpened.
 
 Sequences live in memory as uint8 ``(frames, y, x)`` arrays, so a batch is numpy slicing
 of a few megabytes: :meth:`PairSampler.sample_batch` cuts the crops, bins them, adds noise
@@ -54,6 +59,7 @@ import torch.nn.functional as F
 
 from ..alignment import align_keyframes
 from ..config import NormalizationConfig, OpticsConfig, TimeModel, TrainConfig
+from ..lr_match import fit_lr_filter
 from ..normalize import fit_normalization
 from ..simulate import lr_optics
 from ..synthetic import LPBFScene
@@ -641,6 +647,8 @@ def make_batch(
         generator = torch.Generator(device=device).manual_seed(int(noise_seed))
         counts = torch.poisson(lr.clamp(min=0) * scale, generator=generator)
         lr = torch.where(noisy, counts / scale, lr)
+    if record is not None and record.optics.any():
+        lr = _matched_optics(lr, frames, np.flatnonzero(record.optics.any(axis=1)))
     return TrainingBatch(
         lr=lr.unsqueeze(2),
         hr=hr[:, 3:].unsqueeze(2).contiguous(),
@@ -648,6 +656,23 @@ def make_batch(
         position=torch.as_tensor(np.asarray(position, dtype=np.float32), device=device),
         record=record,
     )
+
+
+def _matched_optics(lr: torch.Tensor, frames: np.ndarray, samples: np.ndarray) -> torch.Tensor:
+    """``lr`` with the given samples' frames filtered as the pipeline matches an LR camera
+    to the keyframes' binning (:func:`~napari_xfusion.lr_match.fit_lr_filter` on the
+    sample's three LR frames and the HR frames of their times), where it would.
+
+    Shapes: lr (B, 3, h, w), frames (B, 5, 4h, 4w) uint8 -> (B, 3, h, w).
+    """
+    lr = lr.clone()
+    pairs = [(k, k) for k in range(3)]
+    for i in samples:
+        seen = lr[i].cpu().numpy()
+        lr_filter = fit_lr_filter(seen, frames[i, :3] / np.float32(255.0), pairs, SCALE)
+        if lr_filter.needed:
+            lr[i] = torch.from_numpy(lr_filter.apply(seen)).to(lr.device)
+    return lr
 
 
 def sample_position(t: int, k0: int, k1: int) -> float:
