@@ -64,8 +64,8 @@ STILL = (0.05, 0.15)
 #: results did not change.
 MISFIT_RATIO = 100.0
 
-#: A recording whose frames halfway between two keyframes sit this many LR pixels or more
-#: off the keyframe before them (:func:`keyframe_motion`, the largest over the intervals
+#: A recording whose content travels this many LR pixels or more from a keyframe by the
+#: middle of its interval (:func:`keyframe_motion`, the largest over the intervals
 #: measured) moves enough for aligned keyframes to matter. Measured on normalized stacks
 #: (``benchmarks/motion_gate.py``; ``docs/benchmarks.md``, "Aligning only recordings that
 #: move"): the held-out real videos 0.29-4.5, where aligning gained 0.05-4.5 dB in every

@@ -458,8 +458,8 @@ def motion_warnings(inputs: FusionInputs, method: str) -> list[str]:
         return []
     labels = method_labels()
     return [
-        f"the scene moves between keyframes (halfway between two, the frames sit up to "
-        f"{motion:.2f} LR pixels off the keyframe before them) and {method} "
+        f"the scene moves between keyframes (by mid-interval, up to {motion:.2f} LR pixels "
+        f"from the keyframe before) and {method} "
         f"({labels[method]}) takes the keyframes as they are: use stf-aligned "
         f"({labels['stf-aligned']}), "
         "which warps them onto each frame first (0.05-4.5 dB better on held-out videos that "
@@ -480,10 +480,10 @@ def alignment_notes(inputs: FusionInputs, method: FusionMethod) -> list[str]:
     if not method.align_keyframes:
         return []
     method.prepare(inputs.lr, inputs.hr, inputs.timeline)
-    if method.motion >= MOVING:
-        return [f"the keyframes move ({method.motion:.2f} LR pixels halfway between two, at "
+    if method.engine.align_keyframes:
+        return [f"the keyframes move ({method.motion:.2f} LR pixels by mid-interval, at "
                 "most): they are aligned onto each frame."]
-    return [f"the keyframes stand still ({method.motion:.2f} LR pixels halfway between two, "
+    return [f"the keyframes stand still ({method.motion:.2f} LR pixels by mid-interval, "
             f"under {MOVING:g}): they are fused as they are, as stf fuses them."]
 
 
