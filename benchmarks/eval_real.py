@@ -90,17 +90,20 @@ def options(name: str) -> dict:
     return {"engine": EngineConfig(device="cpu")} if method_network(name) else {}
 
 
-def unseen(method, exp) -> np.ndarray:
-    """Per-frame PSNR of ``method`` on the unseen frames of ``exp``."""
+def unseen(method, exp, lr_smoothed=None) -> np.ndarray:
+    """Per-frame PSNR of ``method`` on the unseen frames of ``exp`` (reading
+    ``lr_smoothed`` instead of its LR stream where it has no noise model)."""
     mask = exp.timeline.keyframe_mask()
     frames = [int(t) for t in np.flatnonzero(~mask)]
-    fused = (f.image for f in method.fuse(exp.lr, exp.hr, exp.timeline, frames=frames))
+    lr = method.lr_stack(exp.lr, lr_smoothed)
+    fused = (f.image for f in method.fuse(lr, exp.hr, exp.timeline, frames=frames))
     return evaluate(fused, exp.truth, mask, frames=frames).values["psnr"]
 
 
 def matched(exp):
     """``exp`` with its LR stream filtered to match the keyframes' binning where the LR
-    camera needs it, as ``xfusion fuse`` does (:mod:`napari_xfusion.lr_match`)."""
+    camera needs it, as ``xfusion fuse`` does (:mod:`napari_xfusion.lr_match`), and the
+    stream through the filter's smooth form (None where it is not needed)."""
     timeline = exp.timeline
     pairs = [(int(t), j) for j, t in enumerate(timeline.keyframe_times)
              if 0 <= t < timeline.n_lr]
@@ -108,8 +111,9 @@ def matched(exp):
     print(f"  LR filter: {lr_filter.systematic:.3f} of the misfit systematic, "
           f"{'applied' if lr_filter.needed else 'not needed'}", flush=True)
     if not lr_filter.needed:
-        return exp
-    return dataclasses.replace(exp, lr=lr_filter.apply(exp.lr))
+        return exp, None
+    return (dataclasses.replace(exp, lr=lr_filter.apply(exp.lr)),
+            lr_filter.apply(exp.lr, smooth=True))
 
 
 def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: float,
@@ -121,16 +125,17 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: f
     decided."""
     exp = simulate_experiment(truth, TimeModel(spacing=spacing),
                               NoiseConfig(target_psnr=noise, seed=1), optics=optics)
+    smoothed = None
     if match_optics:
-        exp = matched(exp)
+        exp, smoothed = matched(exp)
     methods, _ = candidate_methods(options)
-    scores = {name: unseen(method, exp) for name, method in methods.items()}
+    scores = {name: unseen(method, exp, smoothed) for name, method in methods.items()}
     for path in extra:
         for name in calibrated_methods():
             scores[f"{name}:{path.stem}"] = unseen(
                 create_method(name, weights=path, **options(name)), exp
             )
-    assessment = assess(exp.lr, exp.hr, exp.timeline, methods)
+    assessment = assess(exp.lr, exp.hr, exp.timeline, methods, lr_smoothed=smoothed)
     scores["auto"] = scores[assessment.recommended]
     # The assessment measures the motion when it can decide; else it is measured here.
     motion = assessment.motion

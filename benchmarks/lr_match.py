@@ -4,7 +4,8 @@ The sample's scene (HR 256 x 512, 48 frames, D = 10) simulated with exactly binn
 LR blur of 1.5 HR pixels, or an LR shift of half an HR pixel on each axis
 (:class:`napari_xfusion.config.OpticsConfig`), clean and at 40, 30 and 20 dB LR PSNR;
 opened with :func:`napari_xfusion.pipeline.prepare_inputs` with and without
-``match_optics`` and fused by ``stf-aligned`` (the default) and Bayesian fusion. Prints
+``match_optics`` and fused by ``stf-aligned`` (the default), Bayesian fusion and detail
+transfer (each reading the LR filter's form for it, as ``fuse`` gives it). Prints
 the share of the LR frames' misfit that the camera's optics explain, whether the filter
 was applied, and the mean PSNR of the unseen frames against the truth in the fused
 stack's normalized units.
@@ -31,14 +32,14 @@ VARIANTS = {
     "blur 1.5": OpticsConfig(blur=1.5),
     "shift 0.5, 0.5": OpticsConfig(shift=(0.5, 0.5)),
 }
-METHODS = {"stf-aligned": {"engine": EngineConfig(device="cpu")}, "bayes": {}}
+METHODS = {"stf-aligned": {"engine": EngineConfig(device="cpu")}, "bayes": {}, "transfer": {}}
 
 
 def unseen_psnr(inputs, truth: np.ndarray, method: str, frames: list[int]) -> float:
     """Mean PSNR of ``method`` on ``frames``, in the HR stack's normalized units."""
     reference = inputs.hr_norm.apply(truth)
-    fused = create_method(method, **METHODS[method]).fuse(inputs.lr, inputs.hr,
-                                                         inputs.timeline, frames)
+    fusion = create_method(method, **METHODS[method])
+    fused = fusion.fuse(inputs.lr_for(fusion), inputs.hr, inputs.timeline, frames)
     return float(np.mean([psnr(f.image, reference[f.t]) for f in fused]))
 
 

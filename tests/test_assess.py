@@ -17,7 +17,7 @@ from napari_xfusion.assess import (
 )
 from napari_xfusion.config import EngineConfig, ModelConfig, TimeModel
 from napari_xfusion.demo import sample_experiment
-from napari_xfusion.methods import create_method
+from napari_xfusion.methods import PerFrameMethod, create_method
 from napari_xfusion.metrics import evaluate
 from napari_xfusion.models import build_model
 from napari_xfusion.timeline import Timeline
@@ -77,10 +77,8 @@ def test_each_prediction_leaves_its_own_keyframe_out():
     exp = sample_experiment(n_frames=21, shape=(32, 64), time_model=TimeModel(spacing=5),
                             noise_psnr=None)
 
-    class Recorder:
-        label = "recorder"
-        arch = None
-        align_keyframes = False
+    class Recorder(PerFrameMethod):
+        name = label = "recorder"
 
         def __init__(self):
             self.inputs = []

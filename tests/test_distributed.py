@@ -15,7 +15,13 @@ from napari_xfusion import distributed as xdist  # noqa: E402
 from napari_xfusion import pipeline  # noqa: E402
 from napari_xfusion.attention import attention_csv_path  # noqa: E402
 from napari_xfusion.cli import main  # noqa: E402
-from napari_xfusion.config import EngineConfig, ModelConfig, OpticsConfig, TimeModel  # noqa: E402,E501
+from napari_xfusion.config import (  # noqa: E402
+    EngineConfig,
+    ModelConfig,
+    NoiseConfig,
+    OpticsConfig,
+    TimeModel,
+)
 from napari_xfusion.io import incomplete_path, read_metadata, read_stack  # noqa: E402
 from napari_xfusion.methods import create_method  # noqa: E402
 from napari_xfusion.models import build_model, save_weights  # noqa: E402
@@ -117,7 +123,8 @@ def test_in_memory_arrays_and_a_frame_subset(client, tmp_path, small_experiment)
 def test_workers_filter_the_lr_frames_of_a_blurred_camera_as_one_process_does(
     client, tmp_path, small_experiment
 ):
-    exp = simulate_experiment(small_experiment.truth, TIME_MODEL,
+    # Noisy, so that the filter's two forms differ: transfer reads the smooth one.
+    exp = simulate_experiment(small_experiment.truth, TIME_MODEL, NoiseConfig(target_psnr=30),
                               optics=OpticsConfig(blur=1.5, shift=(0.5, 0.5)))
     inputs = prepare_inputs(exp.lr, exp.hr, TIME_MODEL)
     assert inputs.lr_filter is not None

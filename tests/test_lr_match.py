@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from napari_xfusion.assess import assess
 from napari_xfusion.config import NoiseConfig, OpticsConfig, TimeModel
 from napari_xfusion.demo import sample_experiment
 from napari_xfusion.io import read_metadata
@@ -80,7 +81,55 @@ def test_fusion_filters_the_lr_stack_of_a_camera_that_needs_it_and_records_it(tr
     result = fuse_to_file(inputs, create_method("bicubic"), tmp_path / "fused.tif")
     recorded = json.loads(read_metadata(result.path)["napari_xfusion"])["lr_filter"]
     np.testing.assert_allclose(recorded["kernel"], inputs.lr_filter.kernel, atol=1e-5)
+    np.testing.assert_allclose(recorded["smooth_kernel"], inputs.lr_filter.smooth_kernel,
+                               atol=1e-5)
     # An exactly binned recording is left alone, and says nothing of a filter.
     still = recording(truth)
     untouched = prepare_inputs(still.lr, still.hr, still.timeline.model)
     assert untouched.lr_filter is None and "lr_filter" not in untouched.provenance()
+
+
+def test_the_smooth_form_smooths_the_noise_that_the_sharp_form_keeps(truth):
+    def misfits(exp) -> tuple[float, float]:
+        found = fit_lr_filter(exp.lr, exp.hr, pairs_of(exp), 4)
+        assert found.needed
+        unseen = np.flatnonzero(~exp.timeline.keyframe_mask())
+        target = bin_frames(exp.truth[unseen], 4)
+        return tuple(float(np.mean((found.apply(exp.lr[unseen], smooth=smooth) - target) ** 2))
+                     for smooth in (False, True))
+
+    # Without noise there is nothing to smooth: both forms undo the blur as well.
+    sharp, smooth = misfits(recording(truth, OpticsConfig(blur=1.5)))
+    assert 0.9 * sharp < smooth < 1.1 * sharp
+    noisy = recording(truth, OpticsConfig(blur=1.5), noise=30.0)
+    sharp, smooth = misfits(noisy)
+    assert smooth < 0.5 * sharp
+    found = fit_lr_filter(noisy.lr, noisy.hr, pairs_of(noisy), 4)
+    # The sharp form amplifies the noise rather than smoothing it.
+    assert np.sum(found.kernel ** 2) > 1 > 2 * np.sum(found.smooth_kernel ** 2)
+
+
+def test_classical_methods_read_the_smooth_form_and_networks_the_sharp_one(truth):
+    exp = recording(truth, OpticsConfig(blur=1.5), noise=30.0)
+    inputs = prepare_inputs(exp.lr, exp.hr, exp.timeline.model)
+    assert inputs.lr_filter is not None
+    plain = prepare_inputs(exp.lr, exp.hr, exp.timeline.model, match_optics=False)
+    np.testing.assert_allclose(np.asarray(inputs.lr_smoothed[4]), inputs.lr_filter.apply(
+        np.asarray(plain.lr[4]), smooth=True), atol=1e-6)
+    transfer, stf = create_method("transfer"), create_method("stf")
+    assert inputs.lr_for(transfer) is inputs.lr_smoothed and inputs.lr_for(stf) is inputs.lr
+    reference = inputs.hr_norm.apply(exp.truth)
+    unseen = [int(t) for t in np.flatnonzero(~exp.timeline.keyframe_mask())]
+
+    def error(lr) -> float:
+        fused = transfer.fuse(lr, inputs.hr, inputs.timeline, unseen)
+        return float(np.mean([np.mean((f.image - reference[f.t]) ** 2) for f in fused]))
+
+    assert error(inputs.lr_for(transfer)) < 0.85 * error(inputs.lr)
+    # The assessment scores each method on the form it reads, as fusion does.
+    methods = {"bicubic": create_method("bicubic")}
+    smoothed = assess(inputs.lr, inputs.hr, inputs.timeline, methods,
+                      lr_smoothed=inputs.lr_smoothed)
+    direct = assess(inputs.lr_smoothed, inputs.hr, inputs.timeline, methods)
+    sharp = assess(inputs.lr, inputs.hr, inputs.timeline, methods)
+    assert smoothed.scores[0].psnr == direct.scores[0].psnr != sharp.scores[0].psnr

@@ -191,6 +191,7 @@ def assess(
     methods: Mapping[str, FusionMethod],
     *,
     keyframes: int | None = DEFAULT_KEYFRAMES,
+    lr_smoothed=None,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Assessment:
@@ -210,6 +211,10 @@ def assess(
     keyframes : int or None
         Most keyframes to predict (evenly spread); None for all (see
         :func:`assessable_keyframes`).
+    lr_smoothed : array_like, optional
+        The LR stack through the LR filter's smooth form, which the methods without a noise
+        model read (:attr:`napari_xfusion.pipeline.FusionInputs.lr_smoothed`); None where
+        no filter was applied.
     progress : callable, optional
         Called as ``progress(done, total)`` after each prediction.
     should_stop : callable, optional
@@ -241,10 +246,11 @@ def assess(
         score = MethodScore(name, method.label, network=method.arch,
                             aligns=method.align_keyframes)
         started = time.perf_counter()
-        method.prepare(lr, hr, timeline)
+        reads = method.lr_stack(lr, lr_smoothed)
+        method.prepare(reads, hr, timeline)
         for j in chosen:
             inputs = holdout_inputs(timeline, j, everyone)
-            lr_frames = np.stack([np.asarray(lr[i], np.float32) for i in inputs.lr])
+            lr_frames = np.stack([np.asarray(reads[i], np.float32) for i in inputs.lr])
             hr_frames = np.stack([np.asarray(hr[i], np.float32) for i in inputs.hr])
             truth = np.asarray(hr[j], np.float32)
             estimate = method.fuse_frame(lr_frames, hr_frames, inputs)

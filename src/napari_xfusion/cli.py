@@ -241,7 +241,7 @@ def _choose_method(args: argparse.Namespace, inputs) -> str:
     for name, reason in skipped.items():
         print(f"auto: leaving out {name}: {reason}", file=sys.stderr)
     assessment = assess(
-        inputs.lr, inputs.hr, inputs.timeline, methods,
+        inputs.lr, inputs.hr, inputs.timeline, methods, lr_smoothed=inputs.lr_smoothed,
         progress=ProgressBar("assessing the methods on the keyframes"),
     )
     print(assessment.table())
@@ -339,7 +339,7 @@ def cmd_assess(args: argparse.Namespace) -> int:
                                                                engine=engine)
     inputs = _open_recording(args)
     assessment = assess(
-        inputs.lr, inputs.hr, inputs.timeline, methods,
+        inputs.lr, inputs.hr, inputs.timeline, methods, lr_smoothed=inputs.lr_smoothed,
         keyframes=None if args.keyframes == 0 else args.keyframes,
         progress=ProgressBar("predicting keyframes"),
     )

@@ -522,8 +522,9 @@ def _fuse_chunk(
     scores : list of FusedFrame
         The frames that carry attention scores, without their images.
     """
-    lr, hr, hr_raw = _worker_stacks(job, lr_source, hr_source)
+    lr, lr_smoothed, hr, hr_raw = _worker_stacks(job, lr_source, hr_source)
     method = _worker_method(job.method, job.options)
+    lr = method.lr_stack(lr, lr_smoothed)
     if job.zarr:
         import zarr
 
@@ -574,8 +575,9 @@ class _SynchronousStack:
         return np.asarray(self.stack[key].compute(scheduler="synchronous"))
 
 
-def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any, Any]:
-    """The normalized LR and HR stacks of a run, and the HR one in its camera's units,
+def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any, Any, Any]:
+    """The normalized LR stack of a run (and through the LR filter's smooth form, or None
+    without a filter), its normalized HR stack, and the HR one in its camera's units,
     opened once per worker process."""
     with _CACHE.lock:
         stacks = _CACHE.stacks.get(job.run)
@@ -595,8 +597,11 @@ def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any,
                 f"{job.timeline.n_lr} and {job.timeline.n_hr}: the workers must see the same "
                 "files under the same paths (a shared file system)."
             )
+        smoothed = None if job.lr_filter is None else _SynchronousStack(
+            normalized_lr(lr_raw, job.lr_norm, job.lr_filter, smooth=True))
         stacks = (
             _SynchronousStack(normalized_lr(lr_raw, job.lr_norm, job.lr_filter)),
+            smoothed,
             _SynchronousStack(job.hr_norm.apply(hr_raw)),
             FrameCache(_SynchronousStack(hr_raw), capacity=2, dtype=None),
         )

@@ -75,6 +75,9 @@ class FusionInputs:
         The filter that matched the LR camera to the keyframes' binning
         (:mod:`napari_xfusion.lr_match`), applied to ``lr``; None when the LR frames were
         left as they are.
+    lr_smoothed : dask.array.Array or None
+        The LR stack through the filter's smooth form, which also smooths the noise, for
+        the methods without a noise model (:meth:`lr_for`); None without a filter.
     """
 
     lr: object
@@ -86,6 +89,12 @@ class FusionInputs:
     sources: tuple = (None, None)
     hr_source: object = None
     lr_filter: LRFilter | None = None
+    lr_smoothed: object = None
+
+    def lr_for(self, method: FusionMethod):
+        """The LR stack ``method`` reads (see
+        :meth:`~napari_xfusion.methods.FusionMethod.lr_stack`)."""
+        return method.lr_stack(self.lr, self.lr_smoothed)
 
     def provenance(self) -> dict:
         """What was done to the stacks before fusion, for the fused stack's metadata: the
@@ -186,7 +195,9 @@ def prepare_inputs(
         Filter the LR frames so that they match the binned keyframes of their time where
         the LR camera's optics blur or shift the scene beyond its noise
         (:func:`~napari_xfusion.lr_match.fit_lr_filter`, from up to 8 pairs of frames
-        taken at the same time); exactly binned LR is left as it is.
+        taken at the same time); exactly binned LR is left as it is. The networks read
+        the filtered frames with their noise, the classical methods with it smoothed
+        (:meth:`FusionInputs.lr_for`).
 
     Returns
     -------
@@ -234,14 +245,18 @@ def prepare_inputs(
         # Consecutive outputs share their keyframes: each is read once for camera_units.
         hr_source=FrameCache(hr_raw, capacity=2, dtype=None),
         lr_filter=lr_filter,
+        lr_smoothed=None if lr_filter is None else normalized_lr(
+            lr_raw, lr_norm, lr_filter, smooth=True),
     )
 
 
-def normalized_lr(lr_raw, lr_norm: Normalization, lr_filter: LRFilter | None):
+def normalized_lr(lr_raw, lr_norm: Normalization, lr_filter: LRFilter | None, *,
+                  smooth: bool = False):
     """The LR stack as the methods read it: normalized, then filtered to match the
-    keyframes' binning when a filter was found (lazy for a dask stack)."""
+    keyframes' binning when a filter was found, in its ``smooth`` form or not (lazy for a
+    dask stack)."""
     lr = lr_norm.apply(lr_raw)
-    return lr if lr_filter is None else lr_filter.apply(lr)
+    return lr if lr_filter is None else lr_filter.apply(lr, smooth=smooth)
 
 
 @dataclass
@@ -339,7 +354,8 @@ def fuse_iter(
     """
     times = output_times(inputs.timeline, frames)
     if output is None:
-        yield from method.fuse(inputs.lr, inputs.hr, inputs.timeline, times, progress)
+        yield from method.fuse(inputs.lr_for(method), inputs.hr, inputs.timeline, times,
+                               progress)
         return
     output = check_output_path(output, overwrite=overwrite, resume=resume)
     n_lr, height, width = inputs.lr.shape
@@ -377,7 +393,8 @@ def fuse_iter(
     # Frames are converted and written in a thread of their own while the next is fused.
     with BackgroundWriter(stack, convert=inputs.camera_units) as writer:
         if remaining:
-            fused = method.fuse(inputs.lr, inputs.hr, inputs.timeline, remaining, progress)
+            fused = method.fuse(inputs.lr_for(method), inputs.hr, inputs.timeline, remaining,
+                                progress)
             for frame in fused:
                 writer.write(frame)
                 log.add(frame)
@@ -479,8 +496,8 @@ def alignment_notes(inputs: FusionInputs, method: FusionMethod) -> list[str]:
     """
     if not method.align_keyframes:
         return []
-    method.prepare(inputs.lr, inputs.hr, inputs.timeline)
-    if method.engine.align_keyframes:
+    method.prepare(inputs.lr_for(method), inputs.hr, inputs.timeline)
+    if method.aligning:
         return [f"the keyframes move ({method.motion:.2f} LR pixels by mid-interval, at "
                 "most): they are aligned onto each frame."]
     return [f"the keyframes stand still ({method.motion:.2f} LR pixels by mid-interval, "

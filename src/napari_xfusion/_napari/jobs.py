@@ -157,7 +157,7 @@ def assessment_steps(
     if skipped:
         say(f"assessing; left out (no weights): {', '.join(skipped)}")
     return assess(
-        inputs.lr, inputs.hr, inputs.timeline, methods,
+        inputs.lr, inputs.hr, inputs.timeline, methods, lr_smoothed=inputs.lr_smoothed,
         progress=lambda done, total: say(f"assessing: {done}/{total} keyframe predictions"),
         should_stop=stop.is_set,
     )

@@ -33,14 +33,26 @@ class FusionMethod(ABC):
     options; ``align_keyframes`` says whether the keyframes are warped onto each output
     time first where the recording moves (:mod:`napari_xfusion.alignment`), and such a
     method's :meth:`prepare` sets ``motion``, how far the recording moves between keyframes
-    in LR pixels (None before).
+    in LR pixels (None before). ``reads_lr_noise`` says whether the method expects the LR
+    frames' noise as recorded (the networks, trained on noisy frames, measure it), which
+    decides the form of the LR filter it reads (:meth:`lr_stack`).
     """
 
     name: ClassVar[str]
     label: ClassVar[str]
     arch: ClassVar[str | None] = None
     align_keyframes: ClassVar[bool] = False
+    reads_lr_noise: ClassVar[bool] = False
     motion: float | None = None
+
+    def lr_stack(self, lr, smoothed=None):
+        """The LR stack this method reads, of the two forms the LR filter gives
+        (:mod:`napari_xfusion.lr_match`): ``lr``, the optics undone and the noise kept,
+        or ``smoothed``, the noise smoothed too, for a method without a noise model.
+
+        ``smoothed`` is None where no filter was applied: ``lr`` is then returned.
+        """
+        return lr if smoothed is None or self.reads_lr_noise else smoothed
 
     def settings(self) -> dict:
         """What decides this method's output besides its inputs, JSON-serializable.

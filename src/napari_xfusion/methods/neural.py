@@ -39,6 +39,7 @@ class NeuralMethod(FusionMethod):
     """
 
     arch: ClassVar[str]
+    reads_lr_noise = True
 
     def __init__(
         self,
@@ -113,6 +114,12 @@ class AlignedEDVRSTFMethod(EDVRSTFMethod):
     #: The stacks and time model the motion was measured on (a second prepare on the same
     #: ones, before a run that the caller announced, does not measure it again).
     _measured: tuple | None = None
+
+    @property
+    def aligning(self) -> bool:
+        """Whether the last :meth:`prepare` found the recording moving, so that a run aligns
+        the keyframes."""
+        return self.engine.align_keyframes
 
     def prepare(self, lr, hr, timeline) -> None:
         super().prepare(lr, hr, timeline)
