@@ -14,6 +14,7 @@ import sys
 import time
 
 import napari
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_xfusion._napari.plots import AttentionPlot
@@ -36,13 +37,15 @@ def main(path: str) -> None:
     fusion = dock.fusion
     viewer.window.add_dock_widget(dock, name="Fuse LR and HR stacks", area="right")
     plot = AttentionPlot(viewer)
-    viewer.window.add_dock_widget(plot, name="Attention and quality", area="bottom")
+    plot_dock = viewer.window.add_dock_widget(plot, name="Attention and quality", area="bottom")
     fusion.start()
     wait_until(lambda: fusion.worker is None)
     for layer in viewer.layers:
         layer.visible = "fused (" in layer.name
     viewer.dims.set_point(0, 17)
     viewer.window.resize(1500, 1050)
+    # Qt sizes the bottom dock by when it was laid out; fixed, the fusion dock fits unscrolled.
+    viewer.window._qt_window.resizeDocks([plot_dock], [240], Qt.Orientation.Vertical)
     wait_until(lambda: True)
     QApplication.instance().processEvents()
     viewer.screenshot(path, canvas_only=False, flash=False)
