@@ -358,7 +358,7 @@ def test_train_hands_its_loader_and_alignment_settings_to_training(monkeypatch, 
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_run_like_ctrl_c_and_resume_finishes_it(tmp_path):
+def test_sigterm_stops_a_run_like_ctrl_c_and_resume_finishes_it(tmp_path, same_network_output):
     import signal
     import subprocess
     import sys
@@ -393,9 +393,9 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_resume_finishes_it(tmp_path):
     assert meta["complete"] is False and meta["frames_written"] >= 3
     assert read_stack(partial).shape == (meta["frames_written"], 128, 128)
     assert not out.exists()
-    # --resume finishes it, and the result is the uninterrupted run's, bit for bit.
+    # --resume finishes it, and the result is the uninterrupted run's (to the last unit).
     args = [lr, hr, "--spacing", 20, "--method", "stf", "--device", "cpu"]
     assert main([str(a) for a in ["fuse", *args, "-o", out, "--resume"]]) == 0
     reference = tmp_path / "reference.tif"
     assert main([str(a) for a in ["fuse", *args, "-o", reference]]) == 0
-    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(reference))
+    same_network_output(tifffile.imread(out), tifffile.imread(reference))

@@ -5,7 +5,9 @@ per chunk to a dask cluster. A task re-opens the two input stacks lazily on its 
 reads only the frames its chunk needs: the LR frames ``t - r .. t + r`` and the HR
 keyframes that bracket its times (its *halo*). The normalization is fitted once, on the
 client, and shipped with each task, so every worker maps intensities exactly as a
-single-process run does, and the output is the same, bit for bit.
+single-process run does, and the output is the same: bit for bit for the classical
+methods; for the networks, but for the last unit of a few pixels on CPUs whose fp32
+matrix products round with the batch they are in (a chunk groups frames differently).
 
 Each worker process builds a method once and keeps it for every later chunk (a network is
 loaded once per worker, not once per chunk). A worker with several visible GPUs and a name
@@ -265,7 +267,8 @@ def fuse_distributed(
     """Fuse a sequence on a dask cluster and write it to one output, in order.
 
     The result equals :func:`~napari_xfusion.pipeline.fuse_to_file` with the same settings,
-    frame for frame and bit for bit, attention scores included.
+    frame for frame and bit for bit, attention scores included (for a network, to the last
+    unit of a few pixels on some CPUs: see the module's notes).
 
     Parameters
     ----------

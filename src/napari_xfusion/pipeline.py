@@ -341,7 +341,9 @@ def fuse_iter(
         Extra entries stored in the output's metadata.
     resume : bool
         Continue an interrupted run to ``output`` from its ``.incomplete`` file: its frames
-        are kept and only the rest are fused, so the result equals an uninterrupted run.
+        are kept and only the rest are fused, so the result equals an uninterrupted run
+        (a network's, to the last unit of a few pixels on CPUs whose fp32 matrix products
+        round with the batch they are in).
         The partial must come from the same inputs and settings (else a StackError says
         so). Without a partial the run starts from the first frame. The attention scores
         then cover the frames fused by this run.
