@@ -90,21 +90,20 @@ def test_fusion_filters_the_lr_stack_of_a_camera_that_needs_it_and_records_it(tr
 
 
 def test_the_smooth_form_smooths_the_noise_that_the_sharp_form_keeps(truth):
-    def misfits(exp) -> tuple[float, float]:
+    def misfits(exp):
+        """The filter, and its two forms' misfits to the binned truth at unseen times."""
         found = fit_lr_filter(exp.lr, exp.hr, pairs_of(exp), 4)
         assert found.needed
         unseen = np.flatnonzero(~exp.timeline.keyframe_mask())
         target = bin_frames(exp.truth[unseen], 4)
-        return tuple(float(np.mean((found.apply(exp.lr[unseen], smooth=smooth) - target) ** 2))
-                     for smooth in (False, True))
+        return found, *(float(np.mean((found.apply(exp.lr[unseen], smooth=smooth) - target) ** 2))
+                        for smooth in (False, True))
 
     # Without noise there is nothing to smooth: both forms undo the blur as well.
-    sharp, smooth = misfits(recording(truth, OpticsConfig(blur=1.5)))
+    _, sharp, smooth = misfits(recording(truth, OpticsConfig(blur=1.5)))
     assert 0.9 * sharp < smooth < 1.1 * sharp
-    noisy = recording(truth, OpticsConfig(blur=1.5), noise=30.0)
-    sharp, smooth = misfits(noisy)
+    found, sharp, smooth = misfits(recording(truth, OpticsConfig(blur=1.5), noise=30.0))
     assert smooth < 0.5 * sharp
-    found = fit_lr_filter(noisy.lr, noisy.hr, pairs_of(noisy), 4)
     # The sharp form amplifies the noise rather than smoothing it.
     assert np.sum(found.kernel ** 2) > 1 > 2 * np.sum(found.smooth_kernel ** 2)
 

@@ -73,7 +73,7 @@ class LRFilter:
     smooth_kernel : ndarray, shape (k, k), float32
     smooth_bias : float
         The smooth form: the least squares estimate of the binned keyframe from the LR
-        frame, noise included (equal to the sharp form on clean LR).
+        frame, noise included (close to the sharp form on clean LR).
     misfit_before, misfit_after : float
         Mean square difference between the LR frames and the binned keyframes taken at
         the same times, without and with the filter (normalized units).
@@ -164,8 +164,8 @@ def fit_lr_filter(lr, hr, pairs: list[tuple[int, int]], scale: int, *,
     expect the noise: the smooth form cost EDVR-STF 4 dB with an LR blur at 30 dB): first
     what the camera does to a binned keyframe (``LR = correlate(bin(HR), g) + b``, least
     squares, unbiased by the LR noise), then the filter that maps those noise-free
-    predictions back to the binned keyframes. On exactly binned LR both are the identity,
-    noise or not. The smooth form maps the LR frames as recorded to the binned keyframes
+    predictions back to the binned keyframes. On exactly binned LR both steps give the
+    identity, noise or not. The smooth form maps the LR frames as recorded to the binned keyframes
     in one step (a Wiener filter), for the methods without a noise model.
 
     Parameters
