@@ -16,9 +16,10 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 * ``auto``: the method :func:`napari_xfusion.assess.assess` picks from the keyframes alone
   (the truth is never shown to it), and the unseen-frame PSNR of that pick.
 
-``--lr-blur`` and ``--lr-shift`` give the LR camera optics of its own
+``--lr-blur``, ``--lr-shift`` and ``--lr-shading`` give the LR camera optics of its own
 (:class:`napari_xfusion.config.OpticsConfig`): a real second camera blurs more than
-4 x 4 binning and is never registered exactly. ``--match-optics`` then filters the LR
+4 x 4 binning, is never registered exactly, and its gain varies across the frame
+otherwise than the HR camera's. ``--match-optics`` then filters the LR
 stream to match the keyframes' binning first, as ``xfusion fuse`` does
 (:mod:`napari_xfusion.lr_match`).
 
@@ -243,12 +244,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr-shift", type=float, nargs=2, default=(0.0, 0.0),
                         metavar=("DY", "DX"),
                         help="misalignment of the LR camera before binning, HR pixels (0 0)")
+    parser.add_argument("--lr-shading", type=float, default=0.0,
+                        help="how far the LR camera's relative gain falls across the frame "
+                        "(0: not at all; 0.2: to 80%% at the farthest corner)")
     parser.add_argument("--match-optics", action="store_true",
                         help="filter the LR stream to match the keyframes' binning first, as "
                         "xfusion fuse does where the LR camera needs it")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    optics = OpticsConfig(blur=args.lr_blur, shift=tuple(args.lr_shift))
+    optics = OpticsConfig(blur=args.lr_blur, shift=tuple(args.lr_shift),
+                          shading=args.lr_shading)
 
     _, validation, _ = load_sequence_file(args.data_file)
     sequences = [s for s in validation if s.group == REAL

@@ -1,7 +1,8 @@
 """The LR filter (:mod:`napari_xfusion.lr_match`) on the built-in sample, as ``fuse`` runs.
 
 The sample's scene (HR 256 x 512, 48 frames, D = 10) simulated with exactly binned LR, an
-LR blur of 1.5 HR pixels, or an LR shift of half an HR pixel on each axis
+LR blur of 1.5 HR pixels, an LR shift of half an HR pixel on each axis, or an LR camera
+whose gain falls by 20% across the frame relative to the HR camera's
 (:class:`napari_xfusion.config.OpticsConfig`), clean and at 40, 30 and 20 dB LR PSNR;
 opened with :func:`napari_xfusion.pipeline.prepare_inputs` with and without
 ``match_optics`` and fused by ``stf-aligned`` (the default), Bayesian fusion and detail
@@ -32,6 +33,7 @@ VARIANTS = {
     "exact binning": OpticsConfig(),
     "blur 1.5": OpticsConfig(blur=1.5),
     "shift 0.5, 0.5": OpticsConfig(shift=(0.5, 0.5)),
+    "shading 0.2": OpticsConfig(shading=0.2),
 }
 METHODS = {"stf-aligned": {"engine": EngineConfig(device="cpu")}, "bayes": {}, "transfer": {}}
 

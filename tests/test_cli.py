@@ -204,11 +204,12 @@ def test_simulate_can_give_the_lr_camera_optics_of_its_own(tmp_path, capsys, sta
     out_dir = tmp_path / "sim"
     out_dir.mkdir()
     code, _, err = run(capsys, "simulate", truth, "-o", out_dir, "--spacing", 4,
-                       "--lr-blur", 1.5, "--lr-shift", 0.5, -1)
+                       "--lr-blur", 1.5, "--lr-shift", 0.5, -1, "--lr-shading", 0.1)
     assert code == 0, err
     lr = tifffile.imread(out_dir / "lr.tif")
     full = tifffile.imread(out_dir / "truth.tif")
-    expected = bin_frames(lr_optics(full, OpticsConfig(blur=1.5, shift=(0.5, -1.0))), 4)
+    expected = bin_frames(lr_optics(full, OpticsConfig(blur=1.5, shift=(0.5, -1.0),
+                                                       shading=0.1)), 4)
     np.testing.assert_allclose(lr, expected, atol=1e-6)
     assert not np.allclose(lr, bin_frames(full, 4), atol=1e-3)
 

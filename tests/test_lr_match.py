@@ -36,7 +36,7 @@ def test_exactly_binned_lr_needs_no_filter_clean_or_noisy(truth):
     found = fit_lr_filter(clean.lr, clean.hr, pairs_of(clean), 4)
     identity = np.zeros((5, 5), np.float32)
     identity[2, 2] = 1
-    np.testing.assert_allclose(found.kernel, identity, atol=1e-4)
+    np.testing.assert_allclose(found.sharp.kernel, identity, atol=1e-4)
     assert found.misfit_before == 0 and not found.needed
     noisy = recording(truth, noise=30.0)
     found = fit_lr_filter(noisy.lr, noisy.hr, pairs_of(noisy), 4)
@@ -45,7 +45,8 @@ def test_exactly_binned_lr_needs_no_filter_clean_or_noisy(truth):
 
 
 @pytest.mark.parametrize("optics", [OpticsConfig(blur=1.5), OpticsConfig(shift=(0.5, -0.5)),
-                                    OpticsConfig(blur=1.0, shift=(1.0, 1.0))])
+                                    OpticsConfig(blur=1.0, shift=(1.0, 1.0)),
+                                    OpticsConfig(shading=0.2)])
 def test_a_blurred_or_shifted_lr_camera_is_matched_at_every_frame(truth, optics):
     exp = recording(truth, optics)
     found = fit_lr_filter(exp.lr, exp.hr, pairs_of(exp), 4)
@@ -59,6 +60,25 @@ def test_a_blurred_or_shifted_lr_camera_is_matched_at_every_frame(truth, optics)
     assert after < 0.7 * before
     lazy = found.apply(da.from_array(exp.lr, chunks=(1, 16, 16)))
     np.testing.assert_allclose(lazy.compute(), found.apply(exp.lr), atol=1e-6)
+
+
+def test_a_shaded_lr_camera_is_flattened_to_the_keyframes_brightness(truth):
+    exp = recording(truth, OpticsConfig(shading=0.2))
+    inputs = prepare_inputs(exp.lr, exp.hr, exp.timeline.model)
+    assert inputs.lr_filter is not None and inputs.lr_filter.needed
+    # The gain found across the frame undoes the shading: the filtered frames' ratio to
+    # the binned truth is flat, where the frames as recorded fall by a fifth.
+    reference = bin_frames(inputs.hr_norm.apply(exp.truth), 4)
+    unseen = np.flatnonzero(~exp.timeline.keyframe_mask())
+    lit = reference[unseen] > 0.2
+
+    def ratio_spread(lr) -> float:
+        ratio = np.asarray(lr)[unseen] / np.maximum(reference[unseen], 1e-3)
+        return float(np.std(ratio[lit]))
+
+    plain = prepare_inputs(exp.lr, exp.hr, exp.timeline.model, match_optics=False)
+    assert ratio_spread(inputs.lr) < 0.25 * ratio_spread(plain.lr)
+    assert np.abs(inputs.lr_filter.sharp.gain).max() > 0.05
 
 
 def test_fusion_filters_the_lr_stack_of_a_camera_that_needs_it_and_records_it(truth,
@@ -80,9 +100,11 @@ def test_fusion_filters_the_lr_stack_of_a_camera_that_needs_it_and_records_it(tr
     assert error(inputs) < 0.8 * error(plain)
     result = fuse_to_file(inputs, create_method("bicubic"), tmp_path / "fused.tif")
     recorded = json.loads(read_metadata(result.path)["napari_xfusion"])["lr_filter"]
-    np.testing.assert_allclose(recorded["kernel"], inputs.lr_filter.kernel, atol=1e-5)
-    np.testing.assert_allclose(recorded["smooth_kernel"], inputs.lr_filter.smooth_kernel,
-                               atol=1e-5)
+    for form in ("sharp", "smooth"):
+        for part in ("kernel", "gain", "offset"):
+            np.testing.assert_allclose(recorded[form][part],
+                                       getattr(getattr(inputs.lr_filter, form), part),
+                                       atol=1e-5)
     # An exactly binned recording is left alone, and says nothing of a filter.
     still = recording(truth)
     untouched = prepare_inputs(still.lr, still.hr, still.timeline.model)
@@ -105,7 +127,7 @@ def test_the_smooth_form_smooths_the_noise_that_the_sharp_form_keeps(truth):
     found, sharp, smooth = misfits(recording(truth, OpticsConfig(blur=1.5), noise=30.0))
     assert smooth < 0.5 * sharp
     # The sharp form amplifies the noise rather than smoothing it.
-    assert np.sum(found.kernel ** 2) > 1 > 2 * np.sum(found.smooth_kernel ** 2)
+    assert np.sum(found.sharp.kernel ** 2) > 1 > 2 * np.sum(found.smooth.kernel ** 2)
 
 
 def test_classical_methods_read_the_smooth_form_and_networks_the_sharp_one(truth):

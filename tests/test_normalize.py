@@ -147,3 +147,25 @@ def test_cameras_with_different_responses_get_a_curve_and_linear_ones_a_line():
     back = mapping.invert(mapping.apply(lr))
     inside = (mapping.apply(lr) > 0.01) & (mapping.apply(lr) < 0.99)
     np.testing.assert_allclose(back[inside], lr[inside], rtol=1e-3)
+
+
+def test_an_lr_camera_with_its_own_shading_keeps_a_line(monkeypatch):
+    """A gain that varies across the LR frame scatters bin(HR) against LR; a curve fitted
+    through that scatter would bend the response, where the LR filter undoes the shading
+    only after a straight one."""
+    from napari_xfusion import lr_match
+    from napari_xfusion.normalize import match_normalization
+    from napari_xfusion.simulate import shading_field
+    from napari_xfusion.synthetic import synthetic_lpbf
+
+    scene = synthetic_lpbf(n_frames=4, height=64, width=96, seed=2)
+    binned = scene.reshape(4, 16, 4, 24, 4).mean(axis=(2, 4))
+    hr = scene * 50_000 + 800
+    hr_norm = fit_normalization(hr)
+    pairs = [(i, i) for i in range(4)]
+    shaded = (binned * shading_field(binned.shape[1:], 0.3) * 3000 + 200).astype(np.float32)
+    assert match_normalization(shaded, hr, hr_norm, pairs, 4).curve is None
+    # Judged without a shading across the frame, the same scatter bends it.
+    monkeypatch.setattr(lr_match, "shading_terms",
+                        lambda shape: np.zeros((0, *shape), np.float32))
+    assert match_normalization(shaded, hr, hr_norm, pairs, 4).curve is not None

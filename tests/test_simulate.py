@@ -14,6 +14,7 @@ from napari_xfusion.simulate import (
     noisy_frame,
     noisy_lr,
     poisson_noise,
+    shading_field,
     simulate_experiment,
 )
 from napari_xfusion.synthetic import synthetic_lpbf
@@ -230,3 +231,18 @@ def test_lr_optics_blur_and_shift_the_frames_the_lr_camera_bins():
         blur=1.0, shift=(1, 1))), 4), atol=1e-6)
     with pytest.raises(ValueError, match="blur must be >= 0"):
         OpticsConfig(blur=-1.0)
+
+
+def test_lr_shading_falls_from_the_beam_centre_to_the_farthest_corner():
+    field = shading_field((65, 129), 0.2)
+    # The centre sits a quarter of the way up and right of the frame's middle.
+    assert np.unravel_index(np.argmax(field), field.shape) == (24, 80)
+    assert field.max() == pytest.approx(1.0) and field.min() == pytest.approx(0.8)
+    assert field[-1, 0] == pytest.approx(0.8)  # the corner farthest from the centre
+    frames = np.full((2, 64, 64), 0.5, np.float32)
+    shaded = lr_optics(frames, OpticsConfig(shading=0.2))
+    np.testing.assert_allclose(shaded, 0.5 * shading_field((64, 64), 0.2)[None].repeat(2, 0),
+                               rtol=1e-6)
+    assert not OpticsConfig(shading=0.2).exact
+    with pytest.raises(ValueError, match="shading must be in"):
+        OpticsConfig(shading=1.0)

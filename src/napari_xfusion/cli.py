@@ -404,7 +404,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .pipeline import simulate_to_files
 
     noise = NoiseConfig(b0=args.b0, target_psnr=args.noise_psnr, seed=args.seed)
-    optics = OpticsConfig(blur=args.lr_blur, shift=tuple(args.lr_shift))
+    optics = OpticsConfig(blur=args.lr_blur, shift=tuple(args.lr_shift),
+                          shading=args.lr_shading)
     written = simulate_to_files(
         args.hr, args.out_dir, _time_model(args), noise, overwrite=args.overwrite,
         progress=ProgressBar("simulating"), optics=optics,
@@ -588,6 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-shift", type=float, nargs=2, default=(0.0, 0.0), metavar=("DY", "DX"),
                    help="misalignment of the LR camera before binning, in HR pixels "
                    "(default 0 0)")
+    p.add_argument("--lr-shading", type=float, default=0.0,
+                   help="how far the LR camera's gain falls across the frame relative to "
+                   "the HR camera's, as an off-centre beam footprint (0.2: to 80%% at the "
+                   "farthest corner; default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_simulate)
 

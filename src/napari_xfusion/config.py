@@ -91,15 +91,21 @@ class OpticsConfig:
     """What the LR camera's optics do to the scene before its pixels bin it, in HR pixels.
 
     A second camera never sees exactly the 4 x 4 means of the HR frame: its optics blur
-    more, and a registration leaves some misalignment. ``blur`` is the standard deviation
-    of a Gaussian blur, ``shift`` a ``(dy, dx)`` translation; both 0: exact binning.
+    more, a registration leaves some misalignment, and its gain varies across the frame
+    otherwise than the HR camera's. ``blur`` is the standard deviation of a Gaussian blur,
+    ``shift`` a ``(dy, dx)`` translation, ``shading`` how far the relative gain falls from
+    the centre of an off-centre Gaussian beam footprint to the farthest corner (0.2: to
+    80%; :func:`napari_xfusion.simulate.shading_field`); all 0: exact binning.
     """
 
     blur: float = 0.0
     shift: tuple[float, float] = (0.0, 0.0)
+    shading: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.blur >= 0, f"LR optics blur must be >= 0 HR pixels, got {self.blur!r}.")
+        _require(0 <= self.shading < 1,
+                 f"LR shading must be in [0, 1) (the gain's fall), got {self.shading!r}.")
         _require(
             len(self.shift) == 2 and all(abs(v) <= 64 for v in self.shift),
             f"LR optics shift must be (dy, dx) within 64 HR pixels, got {self.shift!r}.",
@@ -108,7 +114,7 @@ class OpticsConfig:
     @property
     def exact(self) -> bool:
         """Whether the LR frames are the exact binning of the HR frames."""
-        return self.blur == 0 and not any(self.shift)
+        return self.blur == 0 and not any(self.shift) and self.shading == 0
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ synthetic scene of :mod:`napari_xfusion.synthetic`):
 
 * the **LR stream** is the ``s x s`` mean binning of every frame (:func:`bin_frames`), with
   optional Poisson noise (:func:`noisy_lr`), ``noisy = Poisson(x * b0) / b0`` for a
-  blank-scan factor ``b0``, and optionally the LR camera's own blur and misalignment
-  first (:func:`lr_optics`), as a second camera never bins the HR frame exactly;
+  blank-scan factor ``b0``, and optionally the LR camera's own blur, misalignment and
+  shading first (:func:`lr_optics`), as a second camera never bins the HR frame exactly;
 * the **HR keyframes** are the full-rate frames ``offset + j * D`` (:func:`keyframes`);
 * the full-rate sequence itself is the ground truth of every fused frame.
 
@@ -97,15 +97,36 @@ def bin_frames(stack, scale: int) -> np.ndarray:
     return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(np.float32)
 
 
+#: Where the beam footprint of :func:`shading_field` is centred, in coordinates that run
+#: from -1 to 1 across the frame (y, x): off the centre, as a beam seldom hits it.
+SHADING_CENTRE = (-0.25, 0.25)
+
+
+def shading_field(shape: tuple[int, int], shading: float) -> np.ndarray:
+    """A relative gain across a frame: an off-centre Gaussian beam footprint, 1 at
+    :data:`SHADING_CENTRE` and ``1 - shading`` at the farthest corner.
+
+    Returns
+    -------
+    ndarray, shape ``shape``, float32
+    """
+    y, x = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]),
+                       indexing="ij")
+    cy, cx = SHADING_CENTRE
+    distance = (y - cy) ** 2 + (x - cx) ** 2
+    return ((1.0 - shading) ** (distance / distance.max())).astype(np.float32)
+
+
 def lr_optics(frames, optics: OpticsConfig) -> np.ndarray:
-    """HR frames as the LR camera's optics pass them to its pixels: blurred, then shifted.
+    """HR frames as the LR camera's optics pass them to its pixels: blurred, shifted, then
+    shaded.
 
     Parameters
     ----------
     frames : array_like, shape (y, x) or (n, y, x)
         HR frames.
     optics : OpticsConfig
-        Gaussian blur and shift, in HR pixels.
+        Gaussian blur and shift, in HR pixels, and shading (:func:`shading_field`).
 
     Returns
     -------
@@ -120,6 +141,8 @@ def lr_optics(frames, optics: OpticsConfig) -> np.ndarray:
         arr = ndimage.gaussian_filter(arr, (*lead, optics.blur, optics.blur), mode="nearest")
     if any(optics.shift):
         arr = ndimage.shift(arr, (*lead, *optics.shift), order=3, mode="nearest")
+    if optics.shading > 0:
+        arr = arr * shading_field(arr.shape[-2:], optics.shading)
     return arr.astype(np.float32, copy=False)
 
 
@@ -328,7 +351,7 @@ def simulate_experiment(
         Crop ``H`` and ``W`` down to multiples of ``model.scale`` (bottom and right) instead
         of raising when they are not.
     optics : OpticsConfig
-        Blur and shift of the LR camera before binning (:func:`lr_optics`); the HR
+        Blur, shift and shading of the LR camera before binning (:func:`lr_optics`); the HR
         keyframes and the truth stay sharp and in place. Exact binning by default.
 
     Returns
