@@ -193,9 +193,9 @@ def prepare_inputs(
         onto ``scale`` times that crop, frame by frame as they are read.
     match_optics : bool
         Filter the LR frames so that they match the binned keyframes of their time where
-        the LR camera's optics blur or shift the scene beyond its noise
+        the LR camera's optics blur, shift or shade the scene beyond its noise
         (:func:`~napari_xfusion.lr_match.fit_lr_filter`, from up to 8 pairs of frames
-        taken at the same time); exactly binned LR is left as it is. The networks read
+        taken at the same time); exactly binned clean LR is left as it is. The networks read
         the filtered frames with their noise, the classical methods with it smoothed
         (:meth:`FusionInputs.lr_for`).
 
