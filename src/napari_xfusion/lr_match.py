@@ -41,10 +41,10 @@ from scipy import ndimage
 
 from .holdout import spread_evenly
 from .io import is_dask_array
-from .simulate import bin_frames
+from .simulate import bin_frames, frame_coordinates
 
 __all__ = ["FILTER_SIZE", "MIN_SYSTEMATIC", "SHADING_DEGREE", "LRFilter", "LinearMap",
-           "fit_lr_filter", "shading_terms"]
+           "fit_lr_filter", "shading_columns", "shading_terms"]
 
 #: Side of the filter, in LR pixels.
 FILTER_SIZE = 5
@@ -78,10 +78,16 @@ MIN_MISFIT = 1e-5
 def shading_terms(shape: tuple[int, int]) -> np.ndarray:
     """The monomials of degree 1 to :data:`SHADING_DEGREE` in the frame's coordinates
     (each scaled to [-1, 1]), shape (terms, h, w), float32."""
-    y, x = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]),
-                       indexing="ij")
+    y, x = frame_coordinates(shape)
     return np.stack([y ** i * x ** (d - i) for d in range(1, SHADING_DEGREE + 1)
                      for i in range(d + 1)]).astype(np.float32)
+
+
+def shading_columns(values: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """The least squares columns of a gain and an offset that vary across the frame:
+    ``values`` (n,) times each of ``terms`` (n, T, from :func:`shading_terms`), then the
+    terms themselves; shape (n, 2T)."""
+    return np.hstack([values[:, None] * terms, terms])
 
 
 @dataclass(frozen=True)
@@ -195,15 +201,13 @@ def _design(frame: np.ndarray, size: int) -> np.ndarray:
     windows = sliding_window_view(np.pad(frame, r, mode="edge"), (size, size))
     terms = shading_terms(frame.shape).reshape(-1, frame.size).T.astype(np.float64)
     return np.hstack([windows.reshape(-1, size * size).astype(np.float64),
-                      frame.reshape(-1, 1) * terms, terms, np.ones((frame.size, 1))])
+                      shading_columns(frame.ravel(), terms), np.ones((frame.size, 1))])
 
 
 def _least_squares(inputs: list[np.ndarray], targets: list[np.ndarray],
                    size: int) -> LinearMap:
     """The map that brings ``inputs`` closest to ``targets`` (LR-grid frames)."""
-    columns = _design(inputs[0], size).shape[1]
-    normal = np.zeros((columns, columns))
-    moment = np.zeros(columns)
+    normal, moment = 0.0, 0.0
     for x, y in zip(inputs, targets, strict=True):
         design = _design(x, size)
         normal += design.T @ design

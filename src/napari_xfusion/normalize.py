@@ -297,7 +297,7 @@ def match_normalization(
         brightness not positively related), in which case the caller should fall back to
         :func:`fit_normalization`.
     """
-    from .lr_match import shading_terms
+    from .lr_match import shading_columns, shading_terms
     from .simulate import bin_frames
 
     if not pairs:
@@ -334,16 +334,17 @@ def match_normalization(
     terms = terms.T.astype(np.float64)
 
     def error(norm: Normalization) -> float:
-        mapped = norm.apply(x[rows]).astype(np.float64)[:, None]
-        design = np.hstack([mapped, mapped * terms, terms, np.ones_like(mapped)])
+        mapped = norm.apply(x[rows]).astype(np.float64)
+        design = np.column_stack([mapped, shading_columns(mapped, terms), np.ones_like(mapped)])
         coef = np.linalg.lstsq(design, y[rows], rcond=None)[0]
         return float(np.mean((design @ coef - y[rows]) ** 2))
 
     # The linear map stays unless a curve fits clearly better, in proportion and in
     # absolute terms: noise, and the clipped extremes of an otherwise straight relation,
     # must not bend it.
-    gain = error(linear) - error(bent)
-    return bent if gain > max(_CURVE_GAIN * error(linear), _CURVE_MIN_GAIN) else linear
+    straight = error(linear)
+    gain = straight - error(bent)
+    return bent if gain > max(_CURVE_GAIN * straight, _CURVE_MIN_GAIN) else linear
 
 
 #: Most pixels the choice between a linear map and a curve reads (evenly strided).

@@ -102,6 +102,13 @@ def bin_frames(stack, scale: int) -> np.ndarray:
 SHADING_CENTRE = (-0.25, 0.25)
 
 
+def frame_coordinates(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(y, x)`` coordinate of every pixel of a frame of ``shape``, each running from
+    -1 to 1 across it (float64 arrays of ``shape``)."""
+    return np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]),
+                       indexing="ij")
+
+
 def shading_field(shape: tuple[int, int], shading: float) -> np.ndarray:
     """A relative gain across a frame: an off-centre Gaussian beam footprint, 1 at
     :data:`SHADING_CENTRE` and ``1 - shading`` at the farthest corner.
@@ -110,8 +117,7 @@ def shading_field(shape: tuple[int, int], shading: float) -> np.ndarray:
     -------
     ndarray, shape ``shape``, float32
     """
-    y, x = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]),
-                       indexing="ij")
+    y, x = frame_coordinates(shape)
     cy, cx = SHADING_CENTRE
     distance = (y - cy) ** 2 + (x - cx) ** 2
     return ((1.0 - shading) ** (distance / distance.max())).astype(np.float32)
