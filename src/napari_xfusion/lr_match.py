@@ -60,12 +60,14 @@ SHADING_DEGREE = 2
 MAX_PAIRS = 8
 
 #: The share of the LR frames' misfit to the binned keyframes that the camera's optics
-#: must explain for the sharp form to be applied. Exactly binned LR with Poisson noise
-#: gives about 0.001 as simulated, and after the pipeline's intensity matching 0.002 and
-#: 0.009 on the built-in sample at 40 and 30 dB LR PSNR, 0.071 at 20 dB: there the
-#: normalization clips the noisiest values at 1, a bias the sharp form undoes (EDVR-STF
-#: 26.31 -> 29.32 dB, ``benchmarks/lr_match.py``). An LR blur of 1.5 HR pixels, a shift
-#: of half an HR pixel or a shading of 20% give 0.08-0.99.
+#: must explain for the filter to be applied. Exactly binned LR with Poisson noise gives
+#: about 0.001 as simulated. After the pipeline's intensity matching it gives 0.10-0.23
+#: (the built-in sample at 40-20 dB LR PSNR): the matching curve pulls noisy values
+#: towards the mean, a bias that follows the scene's brightness and so, in part, the
+#: position in the frame, which the shading terms take up. Applied there the filter
+#: gained EDVR-STF 0.2-0.9 dB and the classical methods 0.1-3.9 dB
+#: (``benchmarks/lr_match.py``). An LR blur of 1.5 HR pixels, a shift of half an HR
+#: pixel or a shading of 20% give 0.12-0.99.
 MIN_SYSTEMATIC = 0.02
 
 #: The systematic misfit (mean square, frames in [0, 1]) below which the LR frames count
