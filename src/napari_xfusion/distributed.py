@@ -600,10 +600,11 @@ def _worker_stacks(job: _Job, lr_source: Any, hr_source: Any) -> tuple[Any, Any,
                 f"{job.timeline.n_lr} and {job.timeline.n_hr}: the workers must see the same "
                 "files under the same paths (a shared file system)."
             )
-        lr, smoothed = normalized_lr(lr_raw, job.lr_norm, job.lr_filter)
+        smoothed = None if job.lr_filter is None else _SynchronousStack(
+            normalized_lr(lr_raw, job.lr_norm, job.lr_filter, smooth=True))
         stacks = (
-            _SynchronousStack(lr),
-            None if smoothed is None else _SynchronousStack(smoothed),
+            _SynchronousStack(normalized_lr(lr_raw, job.lr_norm, job.lr_filter)),
+            smoothed,
             _SynchronousStack(job.hr_norm.apply(hr_raw)),
             FrameCache(_SynchronousStack(hr_raw), capacity=2, dtype=None),
         )

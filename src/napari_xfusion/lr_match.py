@@ -23,13 +23,12 @@ comes out as the identity.
 
 The deblurring amplifies the camera's noise. The networks want it so: trained on noisy LR
 frames, they measure the noise and expect it. The classical methods have no such model,
-and for them the filter comes in a second form that also smooths the noise: after the
-sharp form, the mean binned keyframe value for each value (a monotone curve through the
-pairs, which pulls noisy values towards the mean), then the least squares estimate of
-the binned keyframe from those frames. It is used wherever it brings the LR frames
-closer to the binned keyframes, which noise alone does, optics or not. Each method reads
-the form it can use (:meth:`~napari_xfusion.methods.FusionMethod.lr_stack`);
-``benchmarks/lr_match.py`` measures both on the built-in sample.
+and for them the filter comes in a second form that also smooths the noise (the least
+squares estimate of the binned keyframe from the LR frame as recorded): on the built-in
+sample with an LR blur of 1.5 HR pixels at 20 dB LR PSNR, Bayesian fusion reads
+20.68 dB from the sharp form and 24.63 dB from the smooth one, where EDVR-STF (aligned)
+reads 26.33 and 24.62 dB (``benchmarks/lr_match.py``). Each method reads the form it
+can use (:meth:`~napari_xfusion.methods.FusionMethod.lr_stack`).
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from .curves import response_curve
 from .holdout import spread_evenly
 from .io import is_dask_array
 from .simulate import bin_frames, frame_coordinates
@@ -72,10 +70,8 @@ MIN_SYSTEMATIC = 0.02
 
 #: The systematic misfit (mean square, frames in [0, 1]) below which the LR frames count
 #: as matching the binned keyframes: 50 dB. Exactly binned LR, clean, still misfits by
-#: about 3e-6 after the pipeline's intensity matching (the built-in sample), which is not
-#: the optics; a blur of 1.5 HR pixels misfits by about 1e-4. The smooth form must lower
-#: the misfit by as much to be used: on the built-in sample it does at 40 dB LR PSNR
-#: (2.1e-4 to 1.3e-4), not at 50 dB (2.4e-5 to 2.1e-5).
+#: 1e-6 to 1e-5 after the pipeline's intensity matching (its curve is not linear), which
+#: is not the optics; a blur of 1.5 HR pixels misfits by about 1e-4.
 MIN_MISFIT = 1e-5
 
 
@@ -131,14 +127,6 @@ class LinearMap:
         return (ndimage.correlate(frames, kernel, mode="nearest")
                 + frames * gain + offset).astype(np.float32, copy=False)
 
-    def flat(self) -> LinearMap:
-        """The map as it acts where the scene is flat: the gain and the offset across
-        the frame, the kernel reduced to its sum at its centre (no smoothing or
-        sharpening)."""
-        kernel = np.zeros_like(self.kernel)
-        kernel[kernel.shape[0] // 2, kernel.shape[1] // 2] = self.kernel.sum()
-        return LinearMap(kernel, self.bias, self.gain, self.offset)
-
     def to_dict(self) -> dict:
         """JSON-compatible."""
         return {"kernel": self.kernel.round(5).tolist(), "bias": round(self.bias, 6),
@@ -155,16 +143,11 @@ class LRFilter:
     sharp : LinearMap
         Undoes the optics and the shading, amplifying the noise as it does.
     smooth : LinearMap
-        The least squares estimate of the binned keyframe from the LR frame through the
-        sharp form and ``denoise``, noise included (close to the identity on clean LR).
-    denoise : tuple of two tuples of float, or None
-        ``(sharp LR values, binned keyframe values)``: the mean binned keyframe value for
-        each value of the LR frame through the sharp form, a monotone curve applied before
-        ``smooth``; None when the pairs have too few distinct values for one.
-    misfit_before, misfit_after, misfit_smoothed : float
+        The least squares estimate of the binned keyframe from the LR frame, noise
+        included (close to the sharp form on clean LR).
+    misfit_before, misfit_after : float
         Mean square difference between the LR frames and the binned keyframes taken at
-        the same times: as recorded, through the sharp form, through the smooth form
-        (normalized units).
+        the same times, without and with the sharp form (normalized units).
     systematic : float
         The share of ``misfit_before`` that the camera's own optics and shading explain
         (the rest is its noise): 0 for an LR camera that bins the HR frame exactly.
@@ -172,27 +155,17 @@ class LRFilter:
 
     sharp: LinearMap
     smooth: LinearMap
-    denoise: tuple[tuple[float, ...], tuple[float, ...]] | None
     misfit_before: float
     misfit_after: float
-    misfit_smoothed: float
-    systematic: float
+    systematic: float = 0.0
 
     @property
     def needed(self) -> bool:
         """Whether the camera departs from exact binning by more than its noise explains
         (``systematic`` at least :data:`MIN_SYSTEMATIC`) and by more than
-        :data:`MIN_MISFIT`: the sharp form is then applied; otherwise the LR frames are
-        best left as they are for the networks."""
+        :data:`MIN_MISFIT`; otherwise the LR frames are best left as they are."""
         return (self.systematic >= MIN_SYSTEMATIC
                 and self.systematic * self.misfit_before >= MIN_MISFIT)
-
-    @property
-    def smooths(self) -> bool:
-        """Whether the smooth form brings the LR frames closer to the binned keyframes by
-        at least :data:`MIN_MISFIT` (noise or optics): the classical methods then read
-        it, and otherwise the same frames as the networks."""
-        return self.misfit_before - self.misfit_smoothed >= MIN_MISFIT
 
     def apply(self, lr, *, smooth: bool = False):
         """The filtered LR frame or stack (a dask stack stays lazy), float32.
@@ -203,45 +176,21 @@ class LRFilter:
         if is_dask_array(lr):
             lr = lr.rechunk({lr.ndim - 2: -1, lr.ndim - 1: -1})
             return lr.map_blocks(self.apply, smooth=smooth, dtype=np.float32)
-        lr = np.asarray(lr, dtype=np.float32)
-        if not smooth:
-            return self.sharp(lr)
-        return self.smooth(_through(self.sharp.flat()(lr), self.denoise))
-
-    def streams(self, lr) -> tuple:
-        """The LR stack (numpy or dask) as each kind of method reads it: ``(lr,
-        smoothed)``, the first through the sharp form where the optics need it
-        (:attr:`needed`), the second through the smooth form where that smooths
-        (:attr:`smooths`), else None, and the methods without a noise model read the
-        first (:meth:`~napari_xfusion.methods.FusionMethod.lr_stack`)."""
-        return (self.apply(lr) if self.needed else lr,
-                self.apply(lr, smooth=True) if self.smooths else None)
+        form = self.smooth if smooth else self.sharp
+        return form(np.asarray(lr, dtype=np.float32))
 
     def describe(self) -> str:
         """One sentence for a user: what was found and done."""
-        share = (f"the LR camera's own optics (blur, misalignment, shading) explain "
-                 f"{100 * self.systematic:.0f}% of how its frames differ from the binned "
-                 "keyframes taken at the same time")
-        if not self.needed:
-            return (f"{share}: the networks read the LR frames as they are, the classical "
-                    "methods with the noise smoothed.")
-        return (f"{share}: its frames are filtered to match them"
-                + (" (for the classical methods, with the noise smoothed too)."
-                   if self.smooths else "."))
+        return (f"the LR camera's own optics (blur, misalignment, shading) explain "
+                f"{100 * self.systematic:.0f}% of how its frames differ from the binned "
+                "keyframes taken at the same time: its frames are filtered to match them "
+                "(for the classical methods, with the noise smoothed too).")
 
     def to_dict(self) -> dict:
         """JSON-compatible, for the fused stack's metadata."""
         return {"sharp": self.sharp.to_dict(), "smooth": self.smooth.to_dict(),
-                "denoise": None if self.denoise is None else [
-                    np.round(v, 6).tolist() for v in self.denoise],
                 "misfit_before": self.misfit_before, "misfit_after": self.misfit_after,
-                "misfit_smoothed": self.misfit_smoothed, "systematic": self.systematic,
-                "sharp_applied": self.needed, "smooth_applied": self.smooths}
-
-
-def _through(frames: np.ndarray, curve) -> np.ndarray:
-    """``frames`` through a monotone ``curve`` (None: as they are), float32."""
-    return frames if curve is None else np.interp(frames, *curve).astype(np.float32)
+                "systematic": self.systematic}
 
 
 def _design(frame: np.ndarray, size: int) -> np.ndarray:
@@ -276,10 +225,9 @@ def fit_lr_filter(lr, hr, pairs: list[tuple[int, int]], scale: int, *,
     30 dB): first what the camera does to a binned keyframe (``LR = camera(bin(HR))``, a
     :class:`LinearMap`; least squares, unbiased by the LR noise), then the map that brings
     those noise-free predictions back to the binned keyframes. On exactly binned LR both
-    steps give the identity, noise or not. The smooth form, for the methods without a
-    noise model, takes the frames through the sharp form, replaces each value by the mean
-    binned keyframe value at that value (a monotone curve) and maps the result to the
-    binned keyframes in one step (a Wiener filter).
+    steps give the identity, noise or not. The smooth form maps the LR frames as recorded
+    to the binned keyframes in one step (a Wiener filter), for the methods without a noise
+    model.
 
     Parameters
     ----------
@@ -308,14 +256,7 @@ def fit_lr_filter(lr, hr, pairs: list[tuple[int, int]], scale: int, *,
     camera = _least_squares(binned, frames, size)
     noiseless = [camera(b) for b in binned]
     sharp = _least_squares(noiseless, binned, size)
-    # The curve is fitted after the sharp form: through the shading's scatter it would
-    # bend (no linear map undoes that after it; 1.2-1.5 dB lost by the classical methods
-    # on the built-in sample's clean LR with a shading of 20%).
-    flattened = [sharp.flat()(f) for f in frames]
-    denoise = response_curve(np.concatenate(flattened).ravel().astype(np.float64),
-                             np.concatenate(binned).ravel().astype(np.float64), given="x")
-    denoised = [_through(f, denoise) for f in flattened]
-    smooth = _least_squares(denoised, binned, size)
+    smooth = _least_squares(frames, binned, size)
 
     def misfit(filtered: list[np.ndarray], reference: list[np.ndarray]) -> float:
         return float(np.mean([np.mean((a - b) ** 2)
@@ -324,6 +265,5 @@ def fit_lr_filter(lr, hr, pairs: list[tuple[int, int]], scale: int, *,
     before = misfit(frames, binned)
     noise = misfit(frames, noiseless)
     after = misfit([sharp(f) for f in frames], binned)
-    smoothed = misfit([smooth(f) for f in denoised], binned)
     systematic = 1.0 - noise / before if before > 0 else 0.0
-    return LRFilter(sharp, smooth, denoise, before, after, smoothed, systematic)
+    return LRFilter(sharp, smooth, before, after, systematic)

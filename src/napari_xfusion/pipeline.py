@@ -73,11 +73,11 @@ class FusionInputs:
         was given), from which :meth:`camera_units` restores clipped values.
     lr_filter : LRFilter or None
         The filter that matched the LR camera to the keyframes' binning
-        (:mod:`napari_xfusion.lr_match`), applied to ``lr`` where ``lr_filter.needed``;
-        None when the LR frames were left as they are.
+        (:mod:`napari_xfusion.lr_match`), applied to ``lr``; None when the LR frames were
+        left as they are.
     lr_smoothed : dask.array.Array or None
         The LR stack through the filter's smooth form, which also smooths the noise, for
-        the methods without a noise model (:meth:`lr_for`); None where they read ``lr``.
+        the methods without a noise model (:meth:`lr_for`); None without a filter.
     """
 
     lr: object
@@ -196,8 +196,7 @@ def prepare_inputs(
         the LR camera's optics blur, shift or shade the scene beyond its noise
         (:func:`~napari_xfusion.lr_match.fit_lr_filter`, from up to 8 pairs of frames
         taken at the same time); exactly binned clean LR is left as it is. The networks read
-        the filtered frames with their noise, the classical methods with it smoothed,
-        which they also do on a noisy LR camera that needs no filter
+        the filtered frames with their noise, the classical methods with it smoothed
         (:meth:`FusionInputs.lr_for`).
 
     Returns
@@ -233,11 +232,10 @@ def prepare_inputs(
         lr_norm = fit_normalization(lr_raw, normalization)
     lr, hr = lr_norm.apply(lr_raw), hr_norm.apply(hr_raw)
     lr_filter = fit_lr_filter(lr, hr, pairs, time_model.scale) if match_optics else None
-    if lr_filter is not None and not (lr_filter.needed or lr_filter.smooths):
+    if lr_filter is not None and not lr_filter.needed:
         lr_filter = None
-    lr, lr_smoothed = normalized_lr(lr_raw, lr_norm, lr_filter)
     return FusionInputs(
-        lr=lr,
+        lr=normalized_lr(lr_raw, lr_norm, lr_filter),
         hr=hr,
         timeline=timeline,
         lr_norm=lr_norm,
@@ -247,16 +245,18 @@ def prepare_inputs(
         # Consecutive outputs share their keyframes: each is read once for camera_units.
         hr_source=FrameCache(hr_raw, capacity=2, dtype=None),
         lr_filter=lr_filter,
-        lr_smoothed=lr_smoothed,
+        lr_smoothed=None if lr_filter is None else normalized_lr(
+            lr_raw, lr_norm, lr_filter, smooth=True),
     )
 
 
-def normalized_lr(lr_raw, lr_norm: Normalization, lr_filter: LRFilter | None) -> tuple:
-    """The LR stack as the methods read it (lazy for a dask stack), normalized:
-    ``(lr, lr_smoothed)`` of :meth:`LRFilter.streams
-    <napari_xfusion.lr_match.LRFilter.streams>`, or ``(lr, None)`` without a filter."""
+def normalized_lr(lr_raw, lr_norm: Normalization, lr_filter: LRFilter | None, *,
+                  smooth: bool = False):
+    """The LR stack as the methods read it: normalized, then filtered to match the
+    keyframes' binning when a filter was found, in its ``smooth`` form or not (lazy for a
+    dask stack)."""
     lr = lr_norm.apply(lr_raw)
-    return (lr, None) if lr_filter is None else lr_filter.streams(lr)
+    return lr if lr_filter is None else lr_filter.apply(lr, smooth=smooth)
 
 
 @dataclass
