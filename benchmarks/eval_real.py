@@ -19,9 +19,11 @@ Poisson noise at an LR PSNR of 30 dB), and every D-th frame is kept as an HR key
 ``--lr-blur``, ``--lr-shift`` and ``--lr-shading`` give the LR camera optics of its own
 (:class:`napari_xfusion.config.OpticsConfig`): a real second camera blurs more than
 4 x 4 binning, is never registered exactly, and its gain varies across the frame
-otherwise than the HR camera's. ``--match-optics`` then filters the LR
-stream to match the keyframes' binning first, as ``xfusion fuse`` does
-(:mod:`napari_xfusion.lr_match`).
+otherwise than the HR camera's. ``--match-optics`` opens the two streams as ``xfusion
+fuse`` does (:func:`napari_xfusion.pipeline.prepare_inputs`): each normalized, the LR
+stream mapped into the HR stream's units, and the LR filter applied where the camera
+needs it (:mod:`napari_xfusion.lr_match`); fused frames are scored after the HR stream's
+normalization is inverted, in the truth's units as without it.
 
 Each setting also reports its keyframe motion (:func:`napari_xfusion.alignment.
 keyframe_motion`, LR pixels): at :data:`napari_xfusion.alignment.MOVING` or more,
@@ -64,7 +66,6 @@ from napari_xfusion.config import (  # noqa: E402
     OpticsConfig,
     TimeModel,
 )
-from napari_xfusion.lr_match import fit_lr_filter  # noqa: E402
 from napari_xfusion.methods import (  # noqa: E402
     calibrated_methods,
     create_method,
@@ -73,6 +74,7 @@ from napari_xfusion.methods import (  # noqa: E402
     method_network,
 )
 from napari_xfusion.metrics import evaluate  # noqa: E402
+from napari_xfusion.pipeline import prepare_inputs  # noqa: E402
 from napari_xfusion.simulate import simulate_experiment  # noqa: E402
 from napari_xfusion.training.calibrate import calibrate  # noqa: E402
 from napari_xfusion.training.data import (  # noqa: E402
@@ -91,30 +93,32 @@ def options(name: str) -> dict:
     return {"engine": EngineConfig(device="cpu")} if method_network(name) else {}
 
 
-def unseen(method, exp, lr_smoothed=None) -> np.ndarray:
+def unseen(method, exp, lr_smoothed=None, units=None) -> np.ndarray:
     """Per-frame PSNR of ``method`` on the unseen frames of ``exp`` (reading
-    ``lr_smoothed`` instead of its LR stream where it has no noise model)."""
+    ``lr_smoothed`` instead of its LR stream where it has no noise model), against the
+    truth in its own units: fused frames go back through ``units`` (a
+    :class:`~napari_xfusion.normalize.Normalization`) where the streams were normalized."""
     mask = exp.timeline.keyframe_mask()
     frames = [int(t) for t in np.flatnonzero(~mask)]
     lr = method.lr_stack(exp.lr, lr_smoothed)
-    fused = (f.image for f in method.fuse(lr, exp.hr, exp.timeline, frames=frames))
+    fused = (f.image if units is None else units.invert(f.image)
+             for f in method.fuse(lr, exp.hr, exp.timeline, frames=frames))
     return evaluate(fused, exp.truth, mask, frames=frames).values["psnr"]
 
 
-def matched(exp):
-    """``exp`` with its LR stream filtered to match the keyframes' binning where the LR
-    camera needs it, as ``xfusion fuse`` does (:mod:`napari_xfusion.lr_match`), and the
-    stream through the filter's smooth form (None where it is not needed)."""
-    timeline = exp.timeline
-    pairs = [(int(t), j) for j, t in enumerate(timeline.keyframe_times)
-             if 0 <= t < timeline.n_lr]
-    lr_filter = fit_lr_filter(exp.lr, exp.hr, pairs, timeline.model.scale)
-    print(f"  LR filter: {lr_filter.systematic:.3f} of the misfit systematic, "
-          f"{'applied' if lr_filter.needed else 'not needed'}", flush=True)
-    if not lr_filter.needed:
-        return exp, None
-    return (dataclasses.replace(exp, lr=lr_filter.apply(exp.lr)),
-            lr_filter.apply(exp.lr, smooth=True))
+def opened(exp):
+    """``exp`` as ``xfusion fuse`` opens it (:func:`~napari_xfusion.pipeline.prepare_inputs`:
+    normalized, the LR stream matched to the HR stream's units and filtered to match the
+    keyframes' binning where the LR camera needs it), the LR stream the methods without a
+    noise model read instead (None where they read the same), and the HR stream's
+    normalization, which takes fused frames back to the truth's units."""
+    inputs = prepare_inputs(exp.lr, exp.hr, exp.timeline.model)
+    lr_filter = inputs.lr_filter
+    print("  LR filter: " + ("not applied" if lr_filter is None else
+          f"applied, {lr_filter.systematic:.3f} of the misfit systematic"), flush=True)
+    smoothed = None if inputs.lr_smoothed is None else np.asarray(inputs.lr_smoothed)
+    return (dataclasses.replace(exp, lr=np.asarray(inputs.lr), hr=np.asarray(inputs.hr)),
+            smoothed, inputs.hr_norm)
 
 
 def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: float,
@@ -126,15 +130,15 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: f
     decided."""
     exp = simulate_experiment(truth, TimeModel(spacing=spacing),
                               NoiseConfig(target_psnr=noise, seed=1), optics=optics)
-    smoothed = None
+    smoothed = units = None
     if match_optics:
-        exp, smoothed = matched(exp)
+        exp, smoothed, units = opened(exp)
     methods, _ = candidate_methods(options)
-    scores = {name: unseen(method, exp, smoothed) for name, method in methods.items()}
+    scores = {name: unseen(method, exp, smoothed, units) for name, method in methods.items()}
     for path in extra:
         for name in calibrated_methods():
             scores[f"{name}:{path.stem}"] = unseen(
-                create_method(name, weights=path, **options(name)), exp
+                create_method(name, weights=path, **options(name)), exp, units=units
             )
     assessment = assess(exp.lr, exp.hr, exp.timeline, methods, lr_smoothed=smoothed)
     scores["auto"] = scores[assessment.recommended]
@@ -155,7 +159,7 @@ def run_setting(truth: np.ndarray, spacing: int, noise: float | None, minutes: f
         else:
             calibrated = create_method(calibrate_for, model=result.model,
                                        engine=EngineConfig(device="cpu"))
-            scores[f"{calibrate_for}-cal"] = unseen(calibrated, exp)
+            scores[f"{calibrate_for}-cal"] = unseen(calibrated, exp, units=units)
             notes["calibration"] = (
                 f"{result.verdict}, {result.iterations} steps, held-out gain "
                 f"{result.gain:+.2f} dB"
@@ -248,8 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="how far the LR camera's relative gain falls across the frame "
                         "(0: not at all; 0.2: to 80%% at the farthest corner)")
     parser.add_argument("--match-optics", action="store_true",
-                        help="filter the LR stream to match the keyframes' binning first, as "
-                        "xfusion fuse does where the LR camera needs it")
+                        help="open the streams as xfusion fuse does: normalized, intensities "
+                        "matched, the LR filter applied where the LR camera needs it")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     optics = OpticsConfig(blur=args.lr_blur, shift=tuple(args.lr_shift),
